@@ -2,7 +2,8 @@
 
 For a stack LiftingConv -> (GroupConv | pointwise layer)* -> GroupPool -> head, the
 covariance of the pooled features is the orbit average of the kernel of the CNN twin
-(same filters, `stax.Conv` for the group layers, `GlobalAvgPool` for `GroupPool`):
+(same filters and widths: the group layers over the trivial group, which are exactly
+`stax.Conv`, and global average pooling):
 
     K_pool(x1, x2) = 1/|G| · Σ_g K_CNN-GAP(x1, g·x2),
 
@@ -20,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._neural_tangents import nt, stax
-from .augmentation import orbit_average
 from .groups import get_group, orbit
+from .planar import GroupConv, LiftingConv
 
 # neural-tangents layers that act on every (group element, position) site alone.
 _POINTWISE = frozenset({
@@ -38,15 +39,19 @@ def _raygram_layer(layer):
 
 
 def _twin(layer):
-    """The CNN layer that `layer` becomes in the orbit-average path (None: not reducible)."""
+    """The CNN layer that `layer` becomes in the orbit-average path (None: not reducible).
+
+    The twin of a group layer is the same layer over the trivial group: exactly
+    `stax.Conv` / `GlobalAvgPool` (tested), with raygram's faster covariance convolution.
+    """
     name, args = _raygram_layer(layer)
     if name in ("LiftingConv", "GroupConv"):
         if args["parameterization"] != "ntk":
             return None  # standard parameterisation's NTK depends on |G| through fan-in
-        return stax.Conv(args["out_chan"], tuple(args["filter_shape"]), padding=args["padding"],
-                         W_std=args["W_std"], b_std=args["b_std"])
+        args = {k: v for k, v in args.items() if k != "covariance"}
+        return (LiftingConv if name == "LiftingConv" else GroupConv)(**dict(args, group="trivial"))
     if name == "GroupPool":
-        return stax.GlobalAvgPool()
+        return layer
     if name is None and layer[2].__name__ in _POINTWISE:
         return layer
     return None
@@ -85,9 +90,10 @@ def serial(*layers):
         twin_fn = stax.serial(*twins)[2]
 
         def pooled_fn(x1, x2, get):
-            stacked = orbit(x1 if x2 is None else x2, group).reshape((-1,) + x1.shape[1:])
-            return jax.tree_util.tree_map(lambda v: orbit_average(v, group.order),
-                                          twin_fn(x1, stacked, get))
+            # One CNN kernel per group element, in sequence: peak memory of a single CNN.
+            per_element = jax.lax.map(lambda x2_g: twin_fn(x1, x2_g, get),
+                                      orbit(x1 if x2 is None else x2, group))
+            return jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), per_element)
     else:
         pre_fn = stax.serial(*layers[:pool + 1])[2]
 
