@@ -10,6 +10,8 @@ same run. Rows:
   C4/D4 full       covariance="full": the whole (|G|·H·W)² covariance, as in the theorems
 Each row is the best of --repeats jit-compiled calls on an n×n tile, divided by n².
 Memory is XLA's own analysis of the compiled call (arguments + outputs + temporaries).
+The full propagation only fits 1×1 tiles, so the general recursion is also measured
+at 1×1 to compare the two at equal tiles.
 
     python benchmarks/kernel_speed.py            # full table (about 10 minutes on 2 cores)
     python benchmarks/kernel_speed.py --size 14  # quicker
@@ -67,25 +69,28 @@ def measure(kernel_fn, get, dtype, size, n, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=28)
-    parser.add_argument("--tile", type=int, default=4, help="n for the n×n tile (1 for 'full')")
+    parser.add_argument("--tile", type=int, default=4, help="n for the n×n tile")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     args = parser.parse_args()
     print(f"{args.size}x{args.size}x1 SAME, 3x3 filters, backend {jax.default_backend()}, "
-          f"{jax.device_count()} device(s), tile {args.tile}x{args.tile} (full: 1x1)")
-    print(f"{'model':14s} {'dtype':8s} {'get':10s} {'s/entry':>10s} {'x CNN-GAP':>9s} "
+          f"{jax.device_count()} device(s)")
+    print(f"{'model':14s} {'tile':>4s} {'dtype':8s} {'get':9s} {'s/entry':>9s} {'x CNN-GAP':>9s} "
           f"{'peak MiB':>9s} {'MiB/entry':>9s}")
+    rows = [(name, args.tile) for name in args.models if "full" not in name]
+    for group in ("C4", "D4"):
+        if f"{group} full" in args.models:
+            rows += [(f"{group} general", 1), (f"{group} full", 1)]
     for dtype in ("float32", "float64"):
         for get in ("nngp", ("nngp", "ntk")):
             base = None
-            for name in args.models:
-                n = 1 if "full" in name else args.tile
+            for name, n in rows:
                 with jax.experimental.enable_x64(dtype == "float64"):
                     sec, peak = measure(MODELS[name](), get, dtype, args.size, n, args.repeats)
                 base = sec if name == "CNN-GAP" else base
                 ratio = f"{sec / base:9.2f}" if base else f"{'-':>9s}"
                 label = get if isinstance(get, str) else "nngp+ntk"
-                print(f"{name:14s} {dtype:8s} {label:10s} {sec:10.4f} {ratio} "
+                print(f"{name:14s} {n:4d} {dtype:8s} {label:9s} {sec:9.4f} {ratio} "
                       f"{peak / 2**20:9.1f} {peak / 2**20 / n**2:9.1f}", flush=True)
 
 

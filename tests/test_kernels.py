@@ -10,11 +10,14 @@ import pytest
 from raygram._neural_tangents import stax
 from raygram.kernels import GroupConv, GroupPool, LiftingConv, get_group, serial, transform_images
 
-ATOL = 1e-12  # float64 round-off on O(1) kernel values
+ATOL = 1e-12  # float64 round-off on O(1) kernel values, same algebra in another order
+# The orbit path sums in another order through arc-cosine kernels, which lose half their
+# digits where cos θ -> 1 (an input against itself): agreement to ~√eps there.
+ORBIT_RTOL = 1e-8
 
 
-def assert_close(a, b, atol=ATOL):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=atol)
+def assert_close(a, b, atol=ATOL, rtol=1e-11):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
 
 
 def body(group, padding="SAME", covariance="relative", nonlin=stax.Relu):
@@ -64,9 +67,10 @@ def test_fast_and_general_paths_equal_full_recursion(xs, group, head):
     general_reference[0] = body(group, covariance="full")[0]
     for a, b in [(x1, x2), (x1, None)]:
         ref = reference(a, b, ("nngp", "ntk"))
-        for got in (fast(a, b, ("nngp", "ntk")),):
-            assert_close(got.nngp, ref.nngp)
-            assert_close(got.ntk, ref.ntk)
+        got = fast(a, b, ("nngp", "ntk"))
+        assert_close(got.nngp, ref.nngp, rtol=ORBIT_RTOL)
+        assert_close(got.ntk, ref.ntk, rtol=ORBIT_RTOL)
+        assert_close(fast(a, b, "nngp"), ref.nngp, rtol=ORBIT_RTOL)
         got = serial(*general_layers)[2](a, b, ("nngp", "ntk"))
         want = stax.serial(*general_reference)[2](a, b, ("nngp", "ntk"))
         assert_close(got.nngp, want.nngp)
@@ -74,7 +78,7 @@ def test_fast_and_general_paths_equal_full_recursion(xs, group, head):
     full_kernel = fast(x1, x2)
     ref_kernel = reference(x1, x2)
     for name in ("cov1", "cov2", "nngp", "ntk"):
-        assert_close(getattr(full_kernel, name), getattr(ref_kernel, name))
+        assert_close(getattr(full_kernel, name), getattr(ref_kernel, name), rtol=ORBIT_RTOL)
 
 
 @pytest.mark.parametrize("group", ["C4", "D4"])
@@ -151,7 +155,7 @@ def test_serial_composes_inside_stax_and_under_jit(xs):
     x1, x2 = xs
     layers = body("C4") + [GroupPool(), stax.Dense(1)]
     fast = jax.jit(serial(*layers)[2], static_argnames="get")
-    assert_close(fast(x1, x2, get="ntk"), stax.serial(*layers)[2](x1, x2, "ntk"))
+    assert_close(fast(x1, x2, get="ntk"), stax.serial(*layers)[2](x1, x2, "ntk"), rtol=ORBIT_RTOL)
     # our layers inside stax.parallel / FanInSum
     par = stax.serial(stax.FanOut(2), stax.parallel(stax.serial(*layers), stax.serial(*layers)),
                       stax.FanInSum())

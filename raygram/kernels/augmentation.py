@@ -18,11 +18,15 @@ import jax.numpy as jnp
 from .groups import PlanarGroup, get_group, orbit
 
 
-def orbit_average(values, group_order: int):
-    """Average kernel entries (N1, |G|·N2, ...) over the orbit axis -> (N1, N2, ...)."""
-    n1, gn2 = values.shape[:2]
-    return jnp.mean(values.reshape((n1, group_order, gn2 // group_order) + values.shape[2:]),
-                    axis=1)
+def orbit_mean(kernel_fn, x1, x2, get, group: PlanarGroup):
+    """1/|G| Σ_g kernel_fn(x1, g·x2, get), one group element at a time (peak memory of one call).
+
+    x1: (N1, H, W, C); x2: (N2, H, W, C) or None for x1. Returns what `kernel_fn` returns
+    for `get`, each entry (N1, N2).
+    """
+    per_element = jax.lax.map(lambda x2_g: kernel_fn(x1, x2_g, get),
+                              orbit(x1 if x2 is None else x2, group))
+    return jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), per_element)
 
 
 def augmented_kernel_fn(kernel_fn, group: str | PlanarGroup):
@@ -30,8 +34,8 @@ def augmented_kernel_fn(kernel_fn, group: str | PlanarGroup):
 
     The result has the signature `kernel_fn(x1, x2=None, get=..., **kwargs)` with images
     x1 (N1, H, W, C), x2 (N2, H, W, C) and `get` among 'nngp' / 'ntk' (a string or a
-    tuple, as in neural-tangents); it returns (N1, N2) arrays. One call of the wrapped
-    `kernel_fn` on x1 against the stacked orbit of x2 costs |G| plain kernels.
+    tuple, as in neural-tangents); it returns (N1, N2) arrays at the cost of |G| plain
+    kernels.
     """
     group = get_group(group) if isinstance(group, str) else group
 
@@ -39,12 +43,10 @@ def augmented_kernel_fn(kernel_fn, group: str | PlanarGroup):
         names = (get,) if isinstance(get, str) else get
         if not names or any(n not in ("nngp", "ntk") for n in names):
             raise ValueError(f"augmented kernels support get='nngp', 'ntk' or both, got {get!r}.")
-        x2 = x1 if x2 is None else x2
-        if x1.ndim != 4 or x2.ndim != 4:
+        shape2 = x1.shape if x2 is None else x2.shape
+        if x1.ndim != 4 or len(shape2) != 4:
             raise ValueError(f"augmentation acts on images (N, H, W, C); got x1 {x1.shape}, "
-                             f"x2 {x2.shape}.")
-        stacked = orbit(x2, group).reshape((-1,) + x2.shape[1:])
-        out = kernel_fn(x1, stacked, get, **kwargs)
-        return jax.tree_util.tree_map(lambda v: orbit_average(v, group.order), out)
+                             f"x2 {shape2}.")
+        return orbit_mean(lambda a, b, g: kernel_fn(a, b, g, **kwargs), x1, x2, get, group)
 
     return aug_kernel_fn

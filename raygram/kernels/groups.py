@@ -92,7 +92,6 @@ def _close(generators: tuple) -> np.ndarray:
     return np.stack(elems)
 
 
-@functools.cache
 def get_group(name: str) -> PlanarGroup:
     """The `PlanarGroup` called `name` (one of `GROUP_NAMES`, or an alias such as "p4")."""
     if not isinstance(name, str):
@@ -103,6 +102,11 @@ def get_group(name: str) -> PlanarGroup:
             f"unknown group {name!r}: raygram knows {sorted(_GENERATORS)} (aliases "
             f"{sorted(_ALIASES)}). Only subgroups of D4 act exactly on a pixel grid."
         )
+    return _build(key)
+
+
+@functools.cache
+def _build(key: str) -> PlanarGroup:
     mats = _close(_GENERATORS[key])
     index = {m.tobytes(): i for i, m in enumerate(mats)}
     table = np.array([[index[(a @ b).tobytes()] for b in mats] for a in mats])

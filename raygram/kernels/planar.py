@@ -20,10 +20,10 @@ r = g g'⁻¹ (at fixed p, p'), and the recursion maps the block of each r to it
 
 So raygram carries |G| blocks D_r instead of |G|²: the group pair of a `Kernel`
 has shape (|G|, 1) and holds column g' = e of the full (|G|, |G|) covariance
-(`covariance="relative"`, the default). The self-covariances cov1/cov2 carry all
-|G| blocks too, and the identity is element 0, so neural-tangents' nonlinearities
-read the right variances from the (|G|, 1) pair's diagonal and broadcast them over
-r unchanged. `covariance="full"` propagates the whole (|G|·H·W)² covariance exactly as
+(`covariance="relative"`, the default). The self-covariances cov1/cov2 keep only
+their block r = e (group pair (1, 1)): it is the diagonal of the full matrix, the
+only part a nonlinearity reads, and neural-tangents' elementwise rules broadcast it
+against the (|G|, 1) pair unchanged (the identity is element 0). `covariance="full"` propagates the whole (|G|·H·W)² covariance exactly as
 the theorems are written; it is the reference the relative form is tested against.
 """
 from __future__ import annotations

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._neural_tangents import nt, stax
-from .groups import get_group, orbit
+from .augmentation import orbit_mean
+from .groups import get_group
 from .planar import GroupConv, LiftingConv
 
 # neural-tangents layers that act on every (group element, position) site alone.
@@ -90,10 +91,7 @@ def serial(*layers):
         twin_fn = stax.serial(*twins)[2]
 
         def pooled_fn(x1, x2, get):
-            # One CNN kernel per group element, in sequence: peak memory of a single CNN.
-            per_element = jax.lax.map(lambda x2_g: twin_fn(x1, x2_g, get),
-                                      orbit(x1 if x2 is None else x2, group))
-            return jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), per_element)
+            return orbit_mean(twin_fn, x1, x2, get, group)
     else:
         pre_fn = stax.serial(*layers[:pool + 1])[2]
 
@@ -120,13 +118,17 @@ def serial(*layers):
         x1 = x1_or_kernel
         names = (get,) if isinstance(get, str) else get
         need_cov = names is None or "cov1" in names or "cov2" in names or not head_is_linear
-        nngp, ntk = pooled_fn(x1, x2, ("nngp", "ntk"))
-        if need_cov:
-            cov1 = self_variances(x1)
-            cov2 = None if x2 is None else self_variances(x2)
+        if names is None or "ntk" in names:
+            nngp, ntk = pooled_fn(x1, x2, ("nngp", "ntk"))
         else:
+            nngp, ntk = pooled_fn(x1, x2, "nngp"), None
+        if x2 is None:
+            cov1, cov2 = jnp.diagonal(nngp), None
+        elif need_cov:
+            cov1, cov2 = self_variances(x1), self_variances(x2)
+        else:  # not read by a linear head's NNGP/NTK, and not returned
             cov1 = jnp.full((x1.shape[0],), jnp.nan, nngp.dtype)
-            cov2 = None if x2 is None else jnp.full((x2.shape[0],), jnp.nan, nngp.dtype)
+            cov2 = jnp.full((x2.shape[0],), jnp.nan, nngp.dtype)
         channels = pooled_channels(tuple(x1.shape))
         k = nt.Kernel(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, x1_is_x2=x2 is None,
                       is_gaussian=True, is_reversed=False, is_input=False, diagonal_batch=True,
