@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import itertools
 
+import jax.numpy as jnp
 import numpy as np
 
 _R90 = ((0, -1), (1, 0))       # rotation by +90°
@@ -146,6 +147,4 @@ def transform_images(x, group: PlanarGroup | str, g: int):
 def orbit(x, group: PlanarGroup | str):
     """All transformed copies of images x (N, H, W, C): shape (|G|, N, H, W, C)."""
     group = get_group(group) if isinstance(group, str) else group
-    import jax.numpy as jnp  # local: keeps this module importable without JAX initialised
-
     return jnp.stack([transform_images(x, group, g) for g in range(group.order)])
