@@ -1,6 +1,7 @@
 """The `raygram` command line: `raygram demo` (more subcommands arrive with the pipeline)."""
 from __future__ import annotations
 
+import importlib
 import sys
 
 COMMANDS = {"demo": "raygram.demo"}
@@ -16,8 +17,6 @@ def main(argv=None):
     if command not in COMMANDS:
         print(f"raygram: unknown command {command!r}; choose from {sorted(COMMANDS)}", file=sys.stderr)
         return 2
-    import importlib
-
     return importlib.import_module(COMMANDS[command]).main(rest)
 
 

@@ -54,36 +54,40 @@ def x():
     return jax.random.normal(jax.random.PRNGKey(0), (3, 5, 5, 2))
 
 
+def nngp_estimator(init_fn, apply_fn, x, width):
+    """key -> covariance of the pooled features of one random network, (N, N)."""
+    def estimate(key):
+        z = apply_fn(init_fn(key, x.shape)[1], x)
+        return z @ z.T / width
+    return estimate
+
+
+def ntk_estimator(init_fn, apply_fn, x, width):
+    """key -> empirical NTK (parameter gradients) of one random network, (N, N)."""
+    ntk_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,)))
+    return lambda key: ntk_fn(x, None, init_fn(key, x.shape)[1])
+
+
+def convergence_errors(x, runs, layers_of, get, estimator, seed):
+    """errors_of(...) for each (width, networks) in runs."""
+    errors = []
+    for width, networks in runs:
+        init_fn, apply_fn, kernel_fn = stax.serial(*layers_of(width))
+        estimate = estimator(init_fn, apply_fn, x, width)
+        keys = jax.random.split(jax.random.PRNGKey(width + seed), networks)
+        errors.append(errors_of([estimate(k) for k in keys], kernel_fn(x, None, get)))
+    return errors
+
+
 @pytest.mark.parametrize("group,nonlin", [("C4", stax.Erf), ("D4", stax.Relu)])
 def test_nngp_matches_monte_carlo(x, group, nonlin):
-    errors = []
-    for width, networks in NNGP_RUNS:
-        init_fn, apply_fn, kernel_fn = stax.serial(*body(group, width, nonlin))
-        analytic = kernel_fn(x, None, "nngp")
-
-        def empirical(key):
-            _, params = init_fn(key, x.shape)
-            z = apply_fn(params, x)
-            return z @ z.T / width
-
-        keys = jax.random.split(jax.random.PRNGKey(width), networks)
-        errors.append(errors_of([empirical(k) for k in keys], analytic))
-    check_convergence(errors)
+    check_convergence(convergence_errors(
+        x, NNGP_RUNS, lambda width: body(group, width, nonlin), "nngp", nngp_estimator, seed=0))
 
 
 @pytest.mark.parametrize("group,nonlin", [("C4", stax.Relu), ("D4", stax.Erf)])
 def test_ntk_matches_monte_carlo(x, group, nonlin):
-    errors = []
-    for width, networks in NTK_RUNS:
-        layers = body(group, width, nonlin) + [stax.Dense(1, W_std=1.2, b_std=0.1)]
-        init_fn, apply_fn, kernel_fn = stax.serial(*layers)
-        analytic = kernel_fn(x, None, "ntk")
-        ntk_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,)))
+    def layers_of(width):
+        return body(group, width, nonlin) + [stax.Dense(1, W_std=1.2, b_std=0.1)]
 
-        def empirical(key):
-            _, params = init_fn(key, x.shape)
-            return ntk_fn(x, None, params)
-
-        keys = jax.random.split(jax.random.PRNGKey(width + 1), networks)
-        errors.append(errors_of([empirical(k) for k in keys], analytic))
-    check_convergence(errors)
+    check_convergence(convergence_errors(x, NTK_RUNS, layers_of, "ntk", ntk_estimator, seed=1))

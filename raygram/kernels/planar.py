@@ -23,8 +23,9 @@ has shape (|G|, 1) and holds column g' = e of the full (|G|, |G|) covariance
 (`covariance="relative"`, the default). The self-covariances cov1/cov2 keep only
 their block r = e (group pair (1, 1)): it is the diagonal of the full matrix, the
 only part a nonlinearity reads, and neural-tangents' elementwise rules broadcast it
-against the (|G|, 1) pair unchanged (the identity is element 0). `covariance="full"` propagates the whole (|G|·H·W)² covariance exactly as
-the theorems are written; it is the reference the relative form is tested against.
+against the (|G|, 1) pair unchanged (the identity is element 0). `covariance="full"`
+propagates the whole (|G|·H·W)² covariance exactly as the theorems are written; it is
+the reference the relative form is tested against.
 """
 from __future__ import annotations
 
@@ -42,10 +43,6 @@ from .groups import PlanarGroup, get_group, pullback
 _PADDINGS = ("VALID", "SAME", "CIRCULAR")
 _COVARIANCES = ("relative", "full")
 _PARAMETERIZATIONS = ("ntk", "standard")
-
-# neural-tangents' requirement helpers: our layers need the full spatial covariance.
-_Diagonal = stax.Diagonal
-_Bool = stax.Bool
 
 
 def _check_layer_args(out_chan, filter_shape, group, padding, parameterization, covariance):
@@ -287,7 +284,7 @@ def LiftingConv(out_chan: int,
         return out if b is None else out + b_scale * b
 
     @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=_Diagonal(input=_Bool.NO, output=_Bool.NO))
+                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.NO))
     def kernel_fn(k, **kwargs):
         if len(k.shape1) != 4:
             raise ValueError(f"{name} expects images (N, H, W, C) as input, got shape {k.shape1}.")
@@ -357,7 +354,7 @@ def GroupConv(out_chan: int,
         return out if b is None else out + b_scale * b
 
     @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=_Diagonal(input=_Bool.NO, output=_Bool.NO))
+                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.NO))
     def kernel_fn(k, **kwargs):
         if len(k.shape1) != 5 or k.shape1[3] != n:
             raise ValueError(f"{name} expects group feature maps (N, H, W, {n}, C) of group "
@@ -394,7 +391,7 @@ def GroupPool():
         return jnp.mean(inputs, axis=(1, 2, 3))
 
     @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=_Diagonal(input=_Bool.NO, output=_Bool.YES))
+                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.YES))
     def kernel_fn(k, **kwargs):
         if len(k.shape1) != 5:
             raise ValueError(f"{name} expects group feature maps (N, H, W, |G|, C) as input, "

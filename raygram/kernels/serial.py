@@ -86,6 +86,7 @@ def serial(*layers):
     head = layers[pool + 1:]
     head_kernel_fn = stax.serial(*head)[2] if head else stax.Identity()[2]
     head_is_linear = all(l[2].__name__ in _LINEAR and _raygram_layer(l)[0] is None for l in head)
+    pre_init_fn, _, pre_fn = stax.serial(*layers[:pool + 1])
     if group_name is not None:
         group = get_group(group_name)
         twin_fn = stax.serial(*twins)[2]
@@ -93,12 +94,7 @@ def serial(*layers):
         def pooled_fn(x1, x2, get):
             return orbit_mean(twin_fn, x1, x2, get, group)
     else:
-        pre_fn = stax.serial(*layers[:pool + 1])[2]
-
-        def pooled_fn(x1, x2, get):
-            return pre_fn(x1, x2, get)
-
-    pre_init_fn = stax.serial(*layers[:pool + 1])[0]
+        pooled_fn = pre_fn
 
     @functools.cache
     def pooled_channels(input_shape):
