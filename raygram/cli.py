@@ -1,23 +1,31 @@
-"""The `raygram` command line: `raygram demo` (more subcommands arrive with the pipeline)."""
+"""The `raygram` command line: one subcommand per entry of COMMANDS."""
 from __future__ import annotations
 
 import importlib
 import sys
 
-COMMANDS = {"demo": "raygram.demo"}
+# name -> ("module:function", one-line help); each function takes the remaining argv, returns an exit code.
+COMMANDS = {
+    "demo": ("raygram.demo:main", "equivariant vs plain CNN NTK on a small task (the main job for now)"),
+    "build": ("raygram.gram_cli:build_main", "compute a Gram store from a YAML config (resumes)"),
+    "status": ("raygram.gram_cli:status_main", "how complete a Gram store is"),
+    "verify": ("raygram.gram_cli:verify_main", "check every stored tile against its checksum"),
+}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: raygram {" + ",".join(COMMANDS) + "} [options]\n\n"
-              "  demo   equivariant vs plain CNN NTK on a small task (the main job for now)")
+        print("usage: raygram {" + ",".join(COMMANDS) + "} [options]\n")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:8s} {help_text}")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"raygram: unknown command {command!r}; choose from {sorted(COMMANDS)}", file=sys.stderr)
         return 2
-    return importlib.import_module(COMMANDS[command]).main(rest)
+    module, function = COMMANDS[command][0].split(":")
+    return getattr(importlib.import_module(module), function)(rest)
 
 
 if __name__ == "__main__":

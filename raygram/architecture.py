@@ -1,0 +1,99 @@
+"""Networks described as data: a list of layer specs that becomes a stax triple.
+
+A spec is what a YAML config, a store fingerprint and a Ray actor all carry instead of
+a Python closure. Each entry is a layer name, or a one-key mapping from the name to its
+keyword arguments:
+
+    [{"LiftingConv": {"out_chan": 64, "filter_shape": [3, 3], "group": "C4"}},
+     "Relu", "GroupPool", {"Dense": {"out_dim": 1}}]
+
+Names are looked up in `raygram.kernels` (LiftingConv, GroupConv, GroupPool) and then in
+`neural_tangents.stax` (Conv, Dense, Relu, Erf, Flatten, GlobalAvgPool, ...); the layers
+are combined with `raygram.kernels.serial`, the drop-in for `stax.serial`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+RAYGRAM_LAYERS = ("LiftingConv", "GroupConv", "GroupPool")
+
+
+def _plain(value):
+    """JSON-able form of a keyword value: tuples become lists, mapping keys sorted."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(value[k]) for k in sorted(value)}
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"layer argument {value!r} ({type(value).__name__}) is not a number, string, list or mapping")
+
+
+def _frozen(value):
+    """Layer-call form of a keyword value: lists become tuples (stax wants tuple shapes)."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _frozen(v) for k, v in value.items()}
+    return value
+
+
+def canonical(spec) -> list[dict[str, dict[str, Any]]]:
+    """The spec in one normal form: a list of {name: {sorted kwargs}}; raises ValueError if malformed."""
+    if isinstance(spec, (str, dict)) or not isinstance(spec, (list, tuple)) or not spec:
+        raise ValueError("architecture must be a non-empty list of layers, e.g. "
+                         "[{'Conv': {'out_chan': 8, 'filter_shape': [3, 3]}}, 'Relu', 'Flatten', "
+                         f"{{'Dense': {{'out_dim': 1}}}}]; got {spec!r}")
+    layers = []
+    for position, entry in enumerate(spec):
+        if isinstance(entry, str):
+            name, kwargs = entry, {}
+        elif isinstance(entry, dict) and len(entry) == 1:
+            (name, kwargs), = entry.items()
+            kwargs = {} if kwargs is None else kwargs
+        else:
+            raise ValueError(f"architecture layer {position}: expected a layer name or a one-key "
+                             f"mapping {{name: {{arguments}}}}, got {entry!r}")
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"architecture layer {position} ({name}): arguments must be a mapping, "
+                             f"got {kwargs!r}")
+        try:
+            layers.append({str(name): _plain(kwargs)})
+        except TypeError as e:
+            raise ValueError(f"architecture layer {position} ({name}): {e}") from None
+    return layers
+
+
+def spec_json(spec) -> str:
+    """Canonical JSON text of a spec (what a store fingerprint records)."""
+    return json.dumps(canonical(spec), sort_keys=True, separators=(",", ":"))
+
+
+def _layer_constructor(name: str):
+    from . import kernels
+    from ._neural_tangents import stax
+
+    if name in RAYGRAM_LAYERS:
+        return getattr(kernels, name)
+    constructor = getattr(stax, name, None)
+    if constructor is None or name.startswith("_") or not callable(constructor) or name == "serial":
+        raise ValueError(f"unknown layer {name!r}: use one of {', '.join(RAYGRAM_LAYERS)} or a "
+                         "neural_tangents.stax layer (Conv, Dense, Relu, Erf, Flatten, GlobalAvgPool, ...)")
+    return constructor
+
+
+def network(spec):
+    """`(init_fn, apply_fn, kernel_fn)` of the network a spec describes."""
+    from .kernels import serial
+
+    layers = []
+    for position, entry in enumerate(canonical(spec)):
+        (name, kwargs), = entry.items()
+        try:
+            layers.append(_layer_constructor(name)(**_frozen(kwargs)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"architecture layer {position} ({name}): {e}") from None
+    return serial(*layers)
