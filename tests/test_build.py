@@ -50,7 +50,7 @@ def test_tiled_build_equals_monolithic_kernel(ray_address, tmp_path, architectur
         np.testing.assert_array_equal(full, full.T)
     assert report.tiles_computed == report.tiles_total == len(list(store.plan.tiles()))
     assert sum(w["tiles"] for w in report.workers) == report.tiles_computed
-    assert len(report.workers) == workers and all(w["tiles"] > 0 for w in report.workers[:1])
+    assert len(report.workers) == workers  # (a worker still compiling when the tiles ran out gets none)
 
 
 def test_store_layout_fingerprint_and_lazy_reads(ray_address, tmp_path):
