@@ -29,7 +29,8 @@ class LeaseLost(RuntimeError):
     """This build's lease was taken over while it ran."""
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -64,7 +65,7 @@ class BuildLease:
     def stale(record: dict) -> bool:
         if record["expires"] < time.time():
             return True
-        return record["host"] == socket.gethostname() and not _process_alive(record["pid"])
+        return record["host"] == socket.gethostname() and not process_alive(record["pid"])
 
     def check_free(self) -> dict | None:
         """Raise `StoreLocked` if a live build holds the lease; else the stale record (or None)."""

@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import logging
 import math
+import socket
 import sys
 import time
 from typing import Callable, Sequence
@@ -20,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .architecture import canonical, network
-from .lock import BuildLease
+from .lock import BuildLease, process_alive
 from .store import DTYPES, KINDS, FingerprintMismatch, GramStore, StoreError, describe_difference, fingerprint
 from .tiling import TilePlan, balanced_tile_size, fit_tile_size
 from .worker import TileWorker, jax_env
@@ -193,7 +194,7 @@ class _Workers:
         index = len(self.stats)
         self.actors[index] = self.make()
         self.stats[index] = {"worker": index, "tiles": 0, "compute_s": 0.0, "write_s": 0.0,
-                             "idle_s": 0.0, "compile_s": 0.0, "pid": None, "died": False}
+                             "idle_s": 0.0, "compile_s": 0.0, "pid": None, "host": None, "died": False}
         if self.plan is not None:
             self.preparing[self.actors[index].prepare.remote(self.plan, self.store)] = index
         return index
@@ -208,7 +209,7 @@ class _Workers:
         import ray
 
         index = self.preparing.pop(ref)
-        self.stats[index]["compile_s"] = ray.get(ref)
+        self.stats[index].update(ray.get(ref))
         self.load[index] = 0
 
     def replace(self, index: int, cause: BaseException) -> None:
@@ -218,6 +219,7 @@ class _Workers:
             return  # already replaced after an earlier failed call
         log.warning("worker %d died: %s; replacing it", index, cause)
         ray.kill(self.actors.pop(index), no_restart=True)
+        self._wait_exit([index])
         self.load.pop(index, None)
         self.stats[index]["died"] = True
         if self.replacements_left <= 0:
@@ -236,6 +238,7 @@ class _Workers:
         """
         import ray
 
+        killed = list(self.actors)
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         self.actors.clear()
@@ -244,6 +247,23 @@ class _Workers:
             ray.wait(pending, num_returns=len(pending), timeout=timeout)
         self.inflight.clear()
         self.preparing.clear()
+        self._wait_exit(killed, timeout)
+
+    def _wait_exit(self, indices, timeout: float = 60.0):
+        """Wait until killed workers on this host have exited.
+
+        Ray fails a killed actor's pending calls as soon as the actor is marked dead,
+        which can be before its process stops; a tile write still under way would land
+        after the build returned. (Workers on other hosts are left to Ray.)
+        """
+        host = socket.gethostname()
+        pids = [self.stats[i]["pid"] for i in indices
+                if self.stats[i]["pid"] is not None and self.stats[i].get("host") == host]
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if process_alive(pid)]
+            if pids:
+                time.sleep(0.01)
 
 
 def build_gram(store: str | GramStore, architecture, x_train, x_test=None, *,
@@ -377,7 +397,6 @@ def _run(gram, wanted, plan, pool, lease, max_inflight, max_attempts, verify, pr
                 else:
                     stats = pool.stats[index]
                     stats["tiles"] += 1
-                    stats["pid"] = result["pid"]
                     for key in ("compute_s", "write_s", "idle_s"):
                         stats[key] += result[key]
                     computed += 1

@@ -8,6 +8,7 @@ returns only the tile id and timings to the driver.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -86,11 +87,11 @@ class TileWorker:
         return int(0.5 * psutil.virtual_memory().available / max(1, workers_per_device))
 
     # -- tiles ----------------------------------------------------------------------------------
-    def prepare(self, plan: dict, store) -> float:
-        """Adopt the build's plan and store, compile every tile shape it needs; returns seconds.
+    def prepare(self, plan: dict, store) -> dict:
+        """Adopt the build's plan and store, compile every tile shape it needs.
 
-        The driver sends tiles only once this has returned (a threaded actor does not
-        keep call order).
+        Returns the compile seconds and this process's pid and host. The driver sends
+        tiles only once this has returned (a threaded actor does not keep call order).
         """
         start = time.perf_counter()
         self.plan = TilePlan(**plan)
@@ -98,7 +99,7 @@ class TileWorker:
         with self.device:
             self._compile()
             self.last_compute_end = time.perf_counter()
-        return time.perf_counter() - start
+        return {"compile_s": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname()}
 
     def _compile(self):
         import jax
