@@ -294,8 +294,10 @@ def build_gram(store: str | GramStore, architecture, x_train, x_test=None, *,
         raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
     gram = store if isinstance(store, GramStore) else GramStore(store, storage_options)
 
+    base = fingerprint(architecture, kinds, dtype, x_train, x_test, 0)  # hashes the data once
+
     def make_fingerprint(tile):
-        return fingerprint(architecture, kinds, dtype, x_train, x_test, tile)
+        return {**base, "tile_size": int(tile)}
 
     if gram.exists():
         tile_size = tile_size or gram.fingerprint.get("tile_size")

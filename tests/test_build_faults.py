@@ -149,7 +149,7 @@ def test_status_command_reports_completeness(finished, tmp_path):
 
 @pytest.fixture
 def built(finished, tmp_path):
-    """A finished store, a copy of the finished fixture's, and its file snapshot."""
+    """A finished store of the same configuration as `finished`, and a snapshot of its files."""
     x, x_test, _ = finished
     build_gram(tmp_path / "gram", CNN, x, x_test, tile_size=3, workers=1, progress=False)
     return tmp_path / "gram", x, x_test, snapshot(tmp_path / "gram")
