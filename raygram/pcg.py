@@ -102,7 +102,8 @@ def block_cg(matmat: Callable[[np.ndarray], np.ndarray], b: np.ndarray, precondi
     iterations = 0
     while active and iterations < maxiter:
         ap = matmat(p)
-        alpha = rz / np.where((p * ap).sum(axis=0) == 0, 1, (p * ap).sum(axis=0))
+        curvature = (p * ap).sum(axis=0)
+        alpha = rz / np.where(curvature == 0, 1, curvature)
         x += alpha * p
         r -= alpha * ap
         iterations += 1

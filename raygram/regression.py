@@ -134,7 +134,9 @@ class _Spectral:
         self.info = info
         self.eigen = None
         self.factors = {}
-        self.trace = float(source.diagonal(kind).sum())
+        self.low_rank = None  # K ≈ F Fᵀ for the CG preconditioner; one per kind, shared by every ridge
+        self.diagonal = source.diagonal(kind)
+        self.trace = float(self.diagonal.sum())
         if method == "eigh":
             values, vectors = np.linalg.eigh(source.dense(kind))
             self.eigen = values, vectors
@@ -152,12 +154,14 @@ class _Spectral:
             if ridge not in self.factors:
                 self.factors[ridge] = DaskCholesky(self.source.to_dask(self.kind), ridge)
                 self.info["condition_bound"] = self.factors[ridge].condition_bound
-            return [self.factors[ridge].solve(rhs) for _ in functions]
+            x = self.factors[ridge].solve(rhs)
+            return [x for _ in functions]  # t = ∞ only: every function is 1/λ
         if self.method == "cg":
+            if self.low_rank is None:
+                self.low_rank = rp_cholesky(self.diagonal, lambda index: self.source.rows(self.kind, index),
+                                            self.rank)
             if ridge not in self.factors:
-                factor = rp_cholesky(self.source.diagonal(self.kind),
-                                     lambda index: self.source.rows(self.kind, index), self.rank)
-                self.factors[ridge] = NystromPreconditioner(factor, ridge)
+                self.factors[ridge] = NystromPreconditioner(self.low_rank, ridge)
             x, cg = block_cg(lambda v: self.source.matmat(self.kind, v) + ridge * v, rhs,
                              self.factors[ridge], tol=self.tol, maxiter=self.max_iterations)
             self.info.setdefault("cg", []).append(dataclasses.asdict(cg))
@@ -235,6 +239,10 @@ def _predict_kind(source, spectral, kind, y, ridges, times, scale, absolute, com
     m = source.m
     mean = np.empty((len(ridges), len(times), m, y.shape[1]))
     variance = np.empty((len(ridges), len(times), m)) if compute_variance else None
+    if compute_variance:  # read once, used for every ridge
+        nngp_tt = source.self_kernel("nngp")
+        nngp_dt = _test_columns(source, "nngp")
+        columns = nngp_dt if kind == "nngp" else np.concatenate([_test_columns(source, kind), nngp_dt], axis=1)
     for r, diag_reg in enumerate(ridges):
         ridge = spectral.ridge(diag_reg, absolute)
         f_t = [response(t, scale, ridge) for t in times]
@@ -242,13 +250,11 @@ def _predict_kind(source, spectral, kind, y, ridges, times, scale, absolute, com
             mean[r, i] = source.cross_matmat(kind, solved)
         if not compute_variance:
             continue
-        nngp_tt = source.self_kernel("nngp")
         if kind == "nngp":
             f_2t = [response(2 * t, scale, ridge) for t in times]
-            for i, solved in enumerate(spectral.apply(_test_columns(source, "nngp"), f_2t, ridge)):
+            for i, solved in enumerate(spectral.apply(columns, f_2t, ridge)):
                 variance[r, i] = nngp_tt - source.cross_rowdot("nngp", solved)
         else:
-            columns = np.concatenate([_test_columns(source, kind), _test_columns(source, "nngp")], axis=1)
             for i, solved in enumerate(spectral.apply(columns, f_t, ridge)):
                 b_t, c_t = solved[:, :m], solved[:, m:]
                 quadratic = np.einsum("nm,nm->m", b_t, source.matmat("nngp", b_t))
