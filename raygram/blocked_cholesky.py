@@ -17,17 +17,27 @@ class IllConditioned(np.linalg.LinAlgError):
     """The (regularised) kernel is not numerically positive definite."""
 
 
+def _add_to_diagonal(block: np.ndarray, value: float, ones: int, block_info=None) -> np.ndarray:
+    """block + value·I on a diagonal block of the (g·c)² matrix; padding rows (index >= N) get 1."""
+    (r0, r1), (c0, _) = block_info[0]["array-location"]
+    if r0 != c0:
+        return block
+    out = block.copy()
+    index = np.arange(r0, r1)
+    out[index - r0, index - r0] += np.where(index < ones, value, 1.0)
+    return out
+
+
 def _regularised_padded(a, reg: float, c: int, g: int):
     """[[A + reg·I, 0], [0, I]] in (g·c)² with c×c chunks."""
-    import dask.array as da
-
     n = a.shape[0]
     pad = g * c - n
-    a = a.rechunk(c) + reg * da.eye(n, dtype=a.dtype, chunks=c)
+    a = a.rechunk(c)
     if pad:
-        a = da.block([[a, da.zeros((n, pad), dtype=a.dtype, chunks=c)],
-                      [da.zeros((pad, n), dtype=a.dtype, chunks=c), da.eye(pad, dtype=a.dtype, chunks=c)]])
-    return a.rechunk(c)
+        import dask.array as da
+
+        a = da.pad(a, ((0, pad), (0, pad))).rechunk(c)
+    return a.map_blocks(_add_to_diagonal, reg, n, dtype=a.dtype)
 
 
 class DaskCholesky:
@@ -38,7 +48,6 @@ class DaskCholesky:
     """
 
     def __init__(self, a, reg: float, block: int = BLOCK):
-        import dask
         import dask.array as da
 
         n = a.shape[0]
@@ -46,13 +55,12 @@ class DaskCholesky:
         self.g = math.ceil(n / block)
         self.c = math.ceil(n / self.g)
         padded = _regularised_padded(a, reg, self.c, self.g)
-        with dask.config.set(scheduler="threads"):
-            try:
-                self.lower = da.linalg.cholesky(padded, lower=True).persist()
-                pivots = da.diagonal(self.lower)[:n].compute()
-            except np.linalg.LinAlgError as e:
-                raise IllConditioned(
-                    f"the regularised train kernel is not positive definite ({e}); increase diag_reg") from None
+        try:
+            self.lower = da.linalg.cholesky(padded, lower=True).persist()
+            pivots = da.diagonal(self.lower)[:n].compute()
+        except np.linalg.LinAlgError as e:
+            raise IllConditioned(
+                f"the regularised train kernel is not positive definite ({e}); increase diag_reg") from None
         if not np.all(np.isfinite(pivots)) or pivots.min() <= 0:
             raise IllConditioned("the regularised train kernel is not positive definite; increase diag_reg")
         # cond(A) >= (max pivot / min pivot)²; beyond 1/(100·eps) solves lose every digit.
@@ -64,7 +72,6 @@ class DaskCholesky:
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         """(A + reg·I)⁻¹ b for b (N,) or (N, R)."""
-        import dask
         import dask.array as da
 
         vector = b.ndim == 1
@@ -72,7 +79,6 @@ class DaskCholesky:
         padded = np.zeros((self.g * self.c, b.shape[1]), np.result_type(b, self.lower.dtype))
         padded[:self.n] = b
         rhs = da.from_array(padded, chunks=(self.c, b.shape[1]))
-        with dask.config.set(scheduler="threads"):
-            y = da.linalg.solve_triangular(self.lower, rhs, lower=True)
-            x = da.linalg.solve_triangular(self.lower.T, y, lower=False).compute()[:self.n]
+        y = da.linalg.solve_triangular(self.lower, rhs, lower=True)
+        x = da.linalg.solve_triangular(self.lower.T, y, lower=False).compute()[:self.n]
         return x[:, 0] if vector else x

@@ -2,8 +2,9 @@
 
 Per kind ("nngp", "ntk"): the train Gram K (N, N), the test×train block (M, N) and the
 test self-kernels k(x, x) (M,). Out of core, K is only touched through `matmat`
-(tile by tile with dask, never more than one tile row per worker thread), `diagonal`
-and `rows`; in core, `dense` loads it whole.
+(one stored tile row per dask task, each tile read once), `diagonal` and `rows`; in
+core, `dense` loads it whole. Every dask computation runs on the active dask scheduler
+(threads by default; `dask.config.set(scheduler=...)` picks another, e.g. Ray's).
 """
 from __future__ import annotations
 
@@ -23,13 +24,22 @@ class GramSource:
         self.dtype = np.dtype(first.dtype)
 
     @classmethod
-    def from_store(cls, store) -> "GramSource":
-        """Lazy blocks of a finished `GramStore` (refuses an incomplete one)."""
+    def from_store(cls, store, n_train: int | None = None) -> "GramSource":
+        """Lazy blocks of a finished `GramStore` (refuses an incomplete one).
+
+        `n_train` keeps the first n training points only (the Gram's leading block and the
+        test block's first columns): smaller training sets share one stored Gram.
+        """
+        from .symmetric import SymmetricGram
+
         plan = store.plan
-        train = {k: store.gram(k, "train_train") for k in store.kinds}
+        if n_train is not None and not 1 <= n_train <= plan.n_train:
+            raise ValueError(f"n_train must be between 1 and the store's {plan.n_train} training points, "
+                             f"got {n_train}")
+        train = {k: SymmetricGram(store.gram(k, "train_train").upper, n_train) for k in store.kinds}
         tests = plan.n_test > 0
         return cls(train,
-                   {k: store.gram(k, "test_train") for k in store.kinds} if tests else {},
+                   {k: store.to_dask(k, "test_train")[:, :n_train] for k in store.kinds} if tests else {},
                    {k: store.gram(k, "test_diag") for k in store.kinds} if tests else {},
                    plan.tile_size)
 
@@ -50,25 +60,26 @@ class GramSource:
     # -- train block --------------------------------------------------------------------------
     def dense(self, kind: str) -> np.ndarray:
         """K as one numpy array (N, N): N² values in memory."""
-        return np.asarray(self.train[kind][...])
+        source = self.train[kind]
+        return source.dense() if hasattr(source, "dense") else np.asarray(source)
 
     def to_dask(self, kind: str, block: str = "train"):
         import dask.array as da
 
         source = self.train[kind] if block == "train" else self.test_train[kind]
+        if isinstance(source, da.Array):
+            return source
         if isinstance(source, np.ndarray):
             return da.from_array(source, chunks=self.chunk)
-        return da.from_array(source, chunks=source.chunks, asarray=True,
+        return da.from_array(source, chunks=source.chunks, asarray=True, inline_array=True,
                              name=f"raygram-{block}-{kind}-{id(source):x}")
 
     def matmat(self, kind: str, x: np.ndarray) -> np.ndarray:
-        """K @ x for x (N, R), reading K one tile at a time (threaded dask scheduler)."""
-        import dask
-
-        if isinstance(self.train[kind], np.ndarray):
-            return self.train[kind] @ x
-        with dask.config.set(scheduler="threads"):
-            return (self.to_dask(kind) @ x).compute()
+        """K @ x for x (N, R), reading each stored tile of K once (`SymmetricGram.matmat`)."""
+        source = self.train[kind]
+        if isinstance(source, np.ndarray):
+            return source @ x
+        return source.matmat(x).compute()
 
     def diagonal(self, kind: str) -> np.ndarray:
         """k(x_i, x_i) for the training points (N,), reading only the diagonal tiles."""
@@ -91,22 +102,15 @@ class GramSource:
     # -- test blocks --------------------------------------------------------------------------
     def cross_matmat(self, kind: str, x: np.ndarray) -> np.ndarray:
         """K_td @ x (M, R) for x (N, R), reading the test×train block tile by tile."""
-        import dask
-
         if isinstance(self.test_train[kind], np.ndarray):
             return self.test_train[kind] @ x
-        with dask.config.set(scheduler="threads"):
-            return (self.to_dask(kind, "test") @ x).compute()
+        return (self.to_dask(kind, "test") @ x).compute()
 
     def cross_rowdot(self, kind: str, x: np.ndarray) -> np.ndarray:
         """diag(K_td @ x) (M,) for x (N, M): Σ_n K_td[m, n] x[n, m], tile by tile."""
-        import dask
-
         if isinstance(self.test_train[kind], np.ndarray):
             return np.einsum("mn,nm->m", self.test_train[kind], x)
-        with dask.config.set(scheduler="threads"):
-            block = self.to_dask(kind, "test")
-            return (block * x.T).sum(axis=1).compute()
+        return (self.to_dask(kind, "test") * x.T).sum(axis=1).compute()
 
     def self_kernel(self, kind: str) -> np.ndarray:
         return np.asarray(self.test_diag[kind][...])

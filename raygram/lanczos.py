@@ -4,7 +4,8 @@ For A symmetric positive semi-definite and a column b, k Lanczos steps give an
 orthonormal basis Q_k of the Krylov space and the tridiagonal T_k = Q_kᵀ A Q_k; then
 f(A) b ≈ ‖b‖ Q_k f(T_k) e₁. One basis serves every f (every time t, every ridge
 shift). Columns run independent recurrences that share one `matmat` per step; the
-basis is kept (k·N·R values) for full reorthogonalisation. The iteration stops when
+basis is kept for full reorthogonalisation, in one array allocated for `max_steps`
+(N·R·(max_steps + 1) values; only the pages of steps taken are touched). The iteration stops when
 the approximations of all functions change by less than `tol` (relative) over
 `check_every` steps: the stated accuracy.
 """
@@ -31,8 +32,8 @@ def lanczos_functions(matmat: Callable[[np.ndarray], np.ndarray], b: np.ndarray,
     n, r = b.shape
     norms = np.linalg.norm(b, axis=0)
     safe = np.where(norms == 0, 1.0, norms)
-    q = b / safe
-    basis = [q]
+    basis = np.empty((max_steps + 1, n, r), np.result_type(b, np.float64))
+    q = basis[0] = b / safe
     alphas, betas = [], []
     previous = None
     changes = []
@@ -40,7 +41,7 @@ def lanczos_functions(matmat: Callable[[np.ndarray], np.ndarray], b: np.ndarray,
     for step in range(1, max_steps + 1):
         w = matmat(q)
         alpha = (q * w).sum(axis=0)
-        stack = np.stack(basis)  # (k, N, R)
+        stack = basis[:step]  # (k, N, R), a view
         w = w - np.einsum("knr,kr->nr", stack, np.einsum("knr,nr->kr", stack, w))
         w = w - np.einsum("knr,kr->nr", stack, np.einsum("knr,nr->kr", stack, w))
         beta = np.linalg.norm(w, axis=0)
@@ -60,24 +61,22 @@ def lanczos_functions(matmat: Callable[[np.ndarray], np.ndarray], b: np.ndarray,
                 return current, LanczosInfo(step, changes)
             previous = current
         betas.append(beta)
-        q = np.where(done, 0.0, w / np.where(beta == 0, 1.0, beta))
-        basis.append(q)
+        q = basis[step] = np.where(done, 0.0, w / np.where(beta == 0, 1.0, beta))
     raise NotConverged(f"Lanczos did not reach relative accuracy {tol:.0e} in {max_steps} steps "
                        f"(last change {changes[-1] if changes else float('nan'):.1e}); raise max_steps "
                        "or the ridge")
 
 
 def _evaluate(alphas, betas, basis, norms, functions):
-    """‖b‖ Q_k f(T_k) e₁ for each column and function."""
+    """‖b‖ Q_k f(T_k) e₁ for each column and function; basis (k, N, R)."""
     k, r = alphas.shape
-    out = [np.empty((basis.shape[1], r)) for _ in functions]
+    coefficients = np.empty((len(functions), k, r))  # f(T_k) e₁ per function and column
     for column in range(r):
         t = np.diag(alphas[:, column])
         if k > 1:
             off = betas[:k - 1, column]
             t += np.diag(off, 1) + np.diag(off, -1)
         theta, s = np.linalg.eigh(t)
-        for f, o in zip(functions, out):
-            coefficients = s @ (f(theta) * s[0])
-            o[:, column] = norms[column] * (basis[:, :, column].T @ coefficients)
-    return out
+        for i, f in enumerate(functions):
+            coefficients[i, :, column] = norms[column] * (s @ (f(theta) * s[0]))
+    return [np.einsum("knr,kr->nr", basis, c) for c in coefficients]

@@ -41,26 +41,25 @@ def rp_cholesky(diagonal: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], 
     n = len(diagonal)
     residual = np.clip(np.asarray(diagonal, float).copy(), 0, None)
     total = residual.sum()
-    factors = []
+    # filled block of columns by block of columns; Fortran order keeps column slices contiguous for BLAS
+    factor = np.empty((n, min(rank, n)), order="F")
     kept = 0
-    while kept < rank and residual.sum() > 1e-12 * total:
-        size = min(block, rank - kept, int(np.count_nonzero(residual)))
+    while kept < factor.shape[1] and residual.sum() > 1e-12 * total:
+        size = min(block, factor.shape[1] - kept, int(np.count_nonzero(residual)))
         pivots = np.unique(rng.choice(n, size=size, replace=False, p=residual / residual.sum()))
         g = rows(pivots).astype(float)
-        if factors:
-            f = np.concatenate(factors, axis=1)
-            g -= f[pivots] @ f.T
+        g -= factor[pivots, :kept] @ factor[:, :kept].T
         h = g[:, pivots]
         values, vectors = np.linalg.eigh((h + h.T) / 2)
         keep = values > 1e-10 * max(values.max(), 0) if values.max() > 0 else np.zeros_like(values, bool)
         if not keep.any():
             break
-        new = g.T @ (vectors[:, keep] / np.sqrt(values[keep]))
-        factors.append(new)
+        new = factor[:, kept:kept + int(keep.sum())]
+        np.matmul(g.T, vectors[:, keep] / np.sqrt(values[keep]), out=new)
         kept += new.shape[1]
         residual = np.clip(residual - (new ** 2).sum(axis=1), 0, None)
         residual[pivots] = 0
-    return np.concatenate(factors, axis=1) if factors else np.zeros((n, 0))
+    return factor[:, :kept]
 
 
 class NystromPreconditioner:

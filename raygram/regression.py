@@ -36,6 +36,7 @@ from .lanczos import lanczos_functions
 from .pcg import NystromPreconditioner, block_cg, rp_cholesky
 
 KINDS = ("nngp", "ntk")
+BOOKKEEPING = 8 * 2**20  # dask graphs, zarr reads in flight, Python objects (measured <= 3.1 MB at N = 2000)
 CORES = os.cpu_count() or 1
 METHODS = ("auto", "cholesky", "eigh", "cg", "lanczos")
 
@@ -54,6 +55,24 @@ class Prediction:
     mean: dict[str, np.ndarray]
     variance: dict[str, np.ndarray] | None
     info: dict
+
+    def evaluate(self, targets, task: str = "regression") -> list[dict]:
+        """One plain record per (kind, ridge, time): {"kind", "diag_reg", "t", metric: value}.
+
+        "regression": `targets` are y_test (M,) or (M, K); metrics MAE and RMSE in their units.
+        "classification": `targets` are integer labels (M,); metric accuracy of the argmax.
+        """
+        if task not in ("regression", "classification"):
+            raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+        targets = np.asarray(targets)
+        m = next(iter(self.mean.values())).shape[2]
+        if targets.shape[0] != m or (task == "classification" and targets.ndim != 1):
+            raise ValueError(f"{task} targets must have {m} rows" + (" of integer labels" if task ==
+                             "classification" else "") + f", got shape {targets.shape}")
+        score = regression_metrics if task == "regression" else classification_metrics
+        return [{"kind": kind, "diag_reg": float(reg), "t": float(t), **score(mean[r, i], targets)}
+                for kind, mean in self.mean.items()
+                for r, reg in enumerate(self.diag_reg) for i, t in enumerate(self.t)]
 
 
 def _as_sequence(value, name: str) -> np.ndarray:
@@ -91,26 +110,28 @@ def response(t: float, scale: float, ridge: float):
     return f
 
 
-def _working_set(n: int, outputs: int, columns: int, method: str, chunk: int, steps: int, rank: int) -> int:
+def _working_set(n: int, outputs: int, columns: int, method: str, chunk: int, steps: int, rank: int,
+                 workers: int) -> int:
     """Bytes a method holds at once (float64) for `outputs` targets and `columns` variance RHS.
 
     Test blocks are streamed tile by tile; the variance right-hand sides K_dt are held.
     """
     rhs = outputs + columns
-    vectors = 8 * n * 5 * rhs  # right-hand sides, solutions, work vectors (CG: x, r, z, p, A p)
-    # dask's matmul joins a tile row (chunk, N) per task, one task per thread, plus partial products
-    streaming = 8 * (2 * CORES * chunk * max(n, chunk) + 2 * n * rhs)
+    vectors = BOOKKEEPING + 8 * n * 5 * rhs  # right-hand sides, solutions, work vectors (CG: x, r, z, p, A p)
+    # a matmat task holds its slab (chunk, N) as read and as a product operand, its (N, R)
+    # partial product; the tree sum holds up to 4 partials per running task
+    streaming = 8 * workers * (2 * chunk * max(n, chunk) + 6 * n * rhs)
     if method == "cholesky":
-        return 2 * 8 * n * n + vectors + streaming  # K and its factor
+        return 4 * 8 * n * n + vectors + streaming  # K as read, K + ρI, the factor, LAPACK's copy
     if method == "eigh":
-        return 3 * 8 * n * n + vectors + streaming  # K, eigenvectors, LAPACK workspace
+        return 4 * 8 * n * n + vectors + streaming  # K, eigenvectors, LAPACK workspace (2 N²)
     if method == "lanczos":
         return vectors + streaming + 8 * n * rhs * (steps + 1)  # the Krylov basis
-    return vectors + streaming + 2 * 8 * n * min(rank, n)  # the preconditioner's F and U
+    return vectors + streaming + 4 * 8 * n * min(rank, n)  # preconditioner: F, U, and the SVD's copy and work
 
 
 def choose_method(method: str, infinite_only: bool, ridges: int, n: int, outputs: int, columns: int,
-                  budget: int, chunk: int, steps: int, rank: int) -> str:
+                  budget: int, chunk: int, steps: int, rank: int, workers: int) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "auto":
@@ -119,7 +140,7 @@ def choose_method(method: str, infinite_only: bool, ridges: int, n: int, outputs
                              "'lanczos' for finite t")
         return method
     in_core = "cholesky" if infinite_only and ridges == 1 else "eigh"
-    if _working_set(n, outputs, columns, in_core, chunk, steps, rank) <= budget:
+    if _working_set(n, outputs, columns, in_core, chunk, steps, rank, workers) <= budget:
         return in_core
     return "cg" if infinite_only and ridges == 1 else "lanczos"
 
@@ -172,14 +193,31 @@ class _Spectral:
         return out
 
 
+def _threads(blas_threads: int | None, method: str) -> tuple[int, int]:
+    """BLAS threads and dask threads, their product <= cores.
+
+    Default: eigh is one LAPACK call and gets every core as BLAS threads; the other
+    methods are dask task graphs (blocks of the factorisation, tile rows of K @ X), which
+    run faster as one task per core with single-threaded BLAS (N = 8192 Cholesky on
+    2 cores: 3.9 s vs 4.7 s with one task at a time on 2 BLAS threads).
+    """
+    default = CORES if method == "eigh" else 1
+    blas = max(1, min(blas_threads or default, CORES))
+    return blas, max(1, CORES // blas)
+
+
 @contextlib.contextmanager
-def _threads(blas_threads: int | None):
-    """BLAS threads (default: every core) and dask threads such that their product <= cores."""
+def _compute_context(blas: int, workers: int, scheduler):
+    """BLAS thread limit, dask thread count and (if given) the dask scheduler for a solve."""
     import dask
     from threadpoolctl import threadpool_limits
 
-    blas = max(1, min(blas_threads or CORES, CORES))
-    with threadpool_limits(limits=blas, user_api="blas"), dask.config.set(num_workers=max(1, CORES // blas)):
+    if scheduler == "ray":
+        from ray.util.dask import ray_dask_get
+
+        scheduler = ray_dask_get
+    settings = {"num_workers": workers} | ({"scheduler": scheduler} if scheduler is not None else {})
+    with threadpool_limits(limits=blas, user_api="blas"), dask.config.set(settings):
         yield
 
 
@@ -187,12 +225,14 @@ def predict(source, y_train, *, t=math.inf, kinds: Sequence[str] = KINDS, diag_r
             diag_reg_absolute_scale: bool = False, learning_rate: float = 1.0,
             compute_variance: bool = True, method: str = "auto", memory_budget: int | None = None,
             tol: float = 1e-10, max_iterations: int = 1000, preconditioner_rank: int = 256,
-            blas_threads: int | None = None) -> Prediction:
+            blas_threads: int | None = None, scheduler=None) -> Prediction:
     """Mean (and variance) of the infinitely wide network on the test points of `source`.
 
     `source` is a `GramSource` or a finished `GramStore`; `y_train` (N,) or (N, K);
     `t` and `diag_reg` a number or a list (every combination is returned; t = inf is
-    infinite training time). Raises ValueError on bad input before any work.
+    infinite training time). `scheduler`: the dask scheduler for the store reads and
+    blocked algebra ("ray" runs them as tasks on the connected Ray cluster; default:
+    dask's active one, threads). Raises ValueError on bad input before any work.
     """
     from .store import GramStore
 
@@ -212,12 +252,19 @@ def predict(source, y_train, *, t=math.inf, kinds: Sequence[str] = KINDS, diag_r
         import psutil
 
         memory_budget = psutil.virtual_memory().available // 2
+    if scheduler == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            raise ValueError('scheduler="ray" needs a connected Ray cluster: call ray.init() first')
     infinite_only = bool(np.isinf(times).all())
     columns = 2 * source.m if compute_variance else 0
+    most_workers = _threads(blas_threads, "cg")[1]
     chosen = choose_method(method, infinite_only, len(ridges), source.n, y.shape[1], columns,
-                           memory_budget, source.chunk, max_iterations, preconditioner_rank)
+                           memory_budget, source.chunk, max_iterations, preconditioner_rank, most_workers)
+    blas, workers = _threads(blas_threads, chosen)
     need = _working_set(source.n, y.shape[1], columns, chosen, source.chunk, max_iterations,
-                        preconditioner_rank)
+                        preconditioner_rank, workers)
     if need > memory_budget:
         raise MemoryError(f"method {chosen!r} needs about {need / 2**20:.0f} MiB, more than the memory "
                           f"budget of {memory_budget / 2**20:.0f} MiB" + (
@@ -226,7 +273,7 @@ def predict(source, y_train, *, t=math.inf, kinds: Sequence[str] = KINDS, diag_r
     info = {"method": chosen, "working_set_bytes": need, "memory_budget_bytes": int(memory_budget)}
     scale = learning_rate / y.size
     means, variances = {}, {}
-    with _threads(blas_threads):
+    with _compute_context(blas, workers, scheduler):
         for kind in kinds:
             spectral = _Spectral(source, kind, chosen, tol, max_iterations, preconditioner_rank,
                                  info.setdefault(kind, {}))

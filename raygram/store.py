@@ -303,13 +303,17 @@ class GramStore:
         return SymmetricGram(array) if block == "train_train" else array
 
     def to_dask(self, kind: str = "ntk", block: str = "train_train", require_complete: bool = True):
-        """A dask array of a block with one chunk per tile."""
+        """A dask array of a block with one chunk per tile.
+
+        The view is inlined into each read task: Ray's dask scheduler rebuilds dataclass
+        arguments (a zarr array is one) from their fields, which fails for zarr's metadata.
+        """
         import dask.array as da
 
         view = self.gram(kind, block, require_complete)
         name = "raygram-" + hashlib.sha256(
             json.dumps([self.url, self.fingerprint, kind, block], sort_keys=True).encode()).hexdigest()[:24]
-        return da.from_array(view, chunks=view.chunks, name=name, asarray=True)
+        return da.from_array(view, chunks=view.chunks, name=name, asarray=True, inline_array=True)
 
 
 def _dimension_names(block: str) -> tuple[str, ...]:

@@ -87,6 +87,11 @@ def test_store_layout_fingerprint_and_lazy_reads(ray_address, tmp_path):
     assert lazy.chunks == ((4, 4, 3), (4, 4, 3))
     np.testing.assert_array_equal(lazy.compute(), dense)
     np.testing.assert_array_equal(store.to_dask("ntk", "test_train").compute(), group["ntk/test_train"][...])
+    # The in-place mirrored read and the one-read-per-tile product agree with the sliced view.
+    np.testing.assert_array_equal(full.dense(), dense)
+    np.testing.assert_array_equal(full.dense(), full.dense().T)
+    x = np.random.default_rng(0).normal(size=(N, 3))
+    np.testing.assert_allclose(full.matmat(x).compute(), dense @ x, rtol=1e-13, atol=1e-13 * np.abs(dense).max())
 
 
 def test_rerun_skips_stored_tiles_and_gives_identical_values(ray_address, tmp_path):

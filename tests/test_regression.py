@@ -88,3 +88,34 @@ def test_ridge_sweep_reuses_one_factorisation(problem):
                 want = reference(kernel_fn, x_train, x_test, y, t, diag_reg)
                 for kind in ("nngp", "ntk"):
                     assert_close(got.mean[kind][r, i], want[kind][0], f"{method} {kind} ridge {diag_reg} t={t}")
+
+
+def test_evaluation_records_for_regression_and_classification(problem):
+    """Plain records per (kind, ridge, t), checked against metrics computed by hand."""
+    from raygram.regression import one_hot_targets
+
+    _, _, _, y, source = problem
+    out = predict(source, y, t=[1.0, math.inf], diag_reg=[1e-3, 1e-1], compute_variance=False)
+    y_test = np.random.default_rng(3).normal(size=(M, OUTPUTS))
+    records = out.evaluate(y_test)
+    assert len(records) == 2 * 2 * 2 and {r["kind"] for r in records} == {"nngp", "ntk"}
+    last = records[-1]
+    error = out.mean["ntk"][1, 1] - y_test
+    assert (last["kind"], last["diag_reg"], last["t"]) == ("ntk", 1e-1, math.inf)
+    assert last["mae"] == pytest.approx(np.abs(error).mean(), rel=1e-14)
+    assert last["rmse"] == pytest.approx(np.sqrt((error ** 2).mean()), rel=1e-14)
+
+    labels = np.arange(N) % OUTPUTS
+    targets = one_hot_targets(labels, OUTPUTS)
+    np.testing.assert_allclose(targets.sum(axis=1), 0, atol=1e-15)
+    assert (targets.argmax(axis=1) == labels).all() and targets.max() == pytest.approx(1 - 1 / OUTPUTS)
+    classes = predict(source, targets, compute_variance=False)
+    test_labels = np.array([0, 1, 2, 0, 1, 2, 0])
+    accuracy = classes.evaluate(test_labels, task="classification")[0]["accuracy"]
+    assert accuracy == pytest.approx((classes.mean["nngp"][0, 0].argmax(axis=1) == test_labels).mean())
+    with pytest.raises(ValueError, match="labels must be integers in"):
+        one_hot_targets(np.array([0, 3]), OUTPUTS)
+    with pytest.raises(ValueError, match="classification targets must have 7 rows of integer labels"):
+        classes.evaluate(targets[:M], task="classification")
+    with pytest.raises(ValueError, match="task must be"):
+        classes.evaluate(test_labels, task="ranking")
