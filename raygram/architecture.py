@@ -9,7 +9,10 @@ keyword arguments:
 
 Names are looked up in `raygram.kernels` (LiftingConv, GroupConv, GroupPool) and then in
 `neural_tangents.stax` (Conv, Dense, Relu, Erf, Flatten, GlobalAvgPool, ...); the layers
-are combined with `raygram.kernels.serial`, the drop-in for `stax.serial`.
+are combined with `raygram.kernels.serial`, the drop-in for `stax.serial`. A last entry
+`{"FullAugmentation": {"group": "C4"}}` makes the kernel that of the same network trained
+with full data augmentation over the group (`raygram.kernels.augmented_kernel_fn`); the
+finite network (init_fn, apply_fn) is unchanged.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import json
 from typing import Any
 
 RAYGRAM_LAYERS = ("LiftingConv", "GroupConv", "GroupPool")
+AUGMENTATION = "FullAugmentation"
 
 
 def _plain(value):
@@ -81,19 +85,36 @@ def _layer_constructor(name: str):
     constructor = getattr(stax, name, None)
     if constructor is None or name.startswith("_") or not callable(constructor) or name == "serial":
         raise ValueError(f"unknown layer {name!r}: use one of {', '.join(RAYGRAM_LAYERS)} or a "
-                         "neural_tangents.stax layer (Conv, Dense, Relu, Erf, Flatten, GlobalAvgPool, ...)")
+                         "neural_tangents.stax layer (Conv, Dense, Relu, Erf, Flatten, GlobalAvgPool, ...), "
+                         f"or a last {AUGMENTATION} entry")
     return constructor
 
 
 def network(spec):
     """`(init_fn, apply_fn, kernel_fn)` of the network a spec describes."""
-    from .kernels import serial
+    from .kernels import augmented_kernel_fn, serial
 
-    layers = []
-    for position, entry in enumerate(canonical(spec)):
+    layers, augmentation = [], None
+    spec = canonical(spec)
+    for position, entry in enumerate(spec):
         (name, kwargs), = entry.items()
+        if name == AUGMENTATION:
+            if position != len(spec) - 1 or position == 0:
+                raise ValueError(f"architecture layer {position} ({name}): full augmentation applies to "
+                                 "the whole network; it must be the last entry, after at least one layer")
+            if set(kwargs) != {"group"}:
+                raise ValueError(f"architecture layer {position} ({name}): takes exactly one argument, "
+                                 f"group (e.g. C4), got {sorted(kwargs)}")
+            augmentation = kwargs["group"]
+            continue
         try:
             layers.append(_layer_constructor(name)(**_frozen(kwargs)))
         except (TypeError, ValueError) as e:
             raise ValueError(f"architecture layer {position} ({name}): {e}") from None
-    return serial(*layers)
+    init_fn, apply_fn, kernel_fn = serial(*layers)
+    if augmentation is not None:
+        try:
+            kernel_fn = augmented_kernel_fn(kernel_fn, augmentation)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"architecture layer {len(spec) - 1} ({AUGMENTATION}): {e}") from None
+    return init_fn, apply_fn, kernel_fn

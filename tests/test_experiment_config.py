@@ -1,0 +1,124 @@
+"""Experiment configs: validation, overrides, and bad input refused by the CLI with nothing written."""
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from raygram import experiment
+from raygram.config import ConfigError
+from raygram.experiment_cli import run_main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+
+
+def test_quickstart_resolves_with_defaults_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = experiment.validate(QUICKSTART, ["data.train_sizes=[10, 20]", "solver.diag_reg=1e-2",
+                                              "tiling.workers=1", "solver.memory_budget=2GiB"])
+    assert config["data"]["train_sizes"] == [10, 20] and config["solver"]["diag_reg"] == [1e-2]
+    assert config["solver"]["times"][-1] == math.inf and config["solver"]["memory_budget"] == 2 * 2**30
+    assert config["store"] == str(tmp_path / "raygram-runs/quickstart/stores")
+    assert config["tracking"]["experiment"] == "raygram-quickstart" and config["tiling"]["max_attempts"] == 3
+    assert set(config["kernels"]) == {"cnn", "c4_gcnn", "cnn_augmented"}
+    for name in ("configs/mnist_rotated.yaml", "configs/pathmnist.yaml", "configs/nct_crc_he.yaml"):
+        raw = yaml.safe_load((ROOT / name).read_text())
+        raw["data"]["path"] = None if raw["data"]["source"] == "mnist" else str(tmp_path)
+        assert experiment.validate(raw)["name"], name
+
+
+def test_ray_jobs_refuse_relative_paths(tmp_path):
+    with pytest.raises(ConfigError, match="store: 'runs/x' is relative; in a Ray job"):
+        experiment.validate({**QUICKSTART, "store": "runs/x", "tracking": {"uri": "sqlite:////tmp/m.db"}},
+                            relative_paths=False)
+    with pytest.raises(ConfigError, match="tracking.uri: a Ray job needs an absolute tracking URI"):
+        experiment.validate({**QUICKSTART, "store": str(tmp_path)}, ["tracking.uri=sqlite:///mlflow.db"],
+                            relative_paths=False)
+
+
+def _config_file(tmp_path, change=None, text=None):
+    config = yaml.safe_load(yaml.safe_dump(QUICKSTART))
+    config["store"] = str(tmp_path / "stores")
+    config["tracking"] = {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "bad-input"}
+    config["data"]["train_sizes"] = [10]
+    config["data"]["test_size"] = 10
+    if change:
+        change(config)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(config))
+    return path
+
+
+def _set(path, value):
+    def change(config):
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+BAD = {
+    "unknown key": (_set(["solver", "ridge"], 1.0), [], r"solver: unknown key\(s\) \['ridge'\]; allowed:"),
+    "unknown top key": (_set(["epochs"], 3), [], r"unknown key\(s\) \['epochs'\]"),
+    "wrong type": (_set(["data", "test_size"], "many"), [], "data.test_size: must be an integer >= 1"),
+    "missing key": (lambda c: c["data"].pop("train_sizes"), [], "data.train_sizes: required key is missing"),
+    "unknown source": (_set(["data", "source"], "cifar"), [], "data.source: must be one of"),
+    "missing data file": (lambda c: c["data"].update(source="npz", path="nowhere/x.npz"), [],
+                          "data.path: .*nowhere/x.npz does not exist"),
+    "unknown layer": (_set(["kernels", "cnn", "architecture"], ["Conv2", {"Dense": {"out_dim": 1}}]), [],
+                      "unknown layer 'Conv2'"),
+    "incompatible layer order": (_set(["kernels", "cnn", "architecture"],
+                                      [{"GroupConv": {"out_chan": 1, "filter_shape": [3, 3], "group": "C4"}},
+                                       "GroupPool", {"Dense": {"out_dim": 1}}]), [],
+                                 "kernels.cnn.architecture: does not accept images of shape"),
+    "no readout": (_set(["kernels", "cnn", "architecture"],
+                        [{"Conv": {"out_chan": 1, "filter_shape": [3, 3], "padding": "SAME"}}]), [],
+                   "must end in one output per image"),
+    "augmentation not last": (_set(["kernels", "cnn", "architecture"],
+                                   [{"FullAugmentation": {"group": "C4"}}, "GlobalAvgPool",
+                                    {"Dense": {"out_dim": 1}}]), [], "must be the last entry"),
+    "training size too large": (_set(["data", "train_sizes"], [5000]), [],
+                                "largest training size 5000 plus test_size 10 exceeds the 1797 examples"),
+    "negative ridge": (None, ["solver.diag_reg=[-1]"], r"solver.diag_reg\[0\]: must be >= 0"),
+    "negative time": (None, ["solver.times=[1, -2]"], r"solver.times\[1\]: must be >= 0"),
+    "unknown kind": (None, ["kinds=[gp]"], r"kinds\[0\]: must be one of \['nngp', 'ntk'\]"),
+    "unknown group": (None, ["data.test_transform=C5"], "data.test_transform: "),
+    "bad memory size": (None, ["solver.memory_budget=lots"], "solver.memory_budget: must be a number of bytes"),
+    "bad override": (None, ["solver.diag_reg"], "override 'solver.diag_reg' must look like key.path=value"),
+    "unreachable tracking": (None, ["tracking.uri=http://127.0.0.1:9"], "127.0.0.1:9"),
+    "tracking folder missing": (None, ["tracking.uri=sqlite:////nonexistent/dir/mlflow.db"], "/nonexistent/dir"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_error_nonzero_exit_nothing_written(case, tmp_path, capsys, monkeypatch):
+    change, overrides, message = BAD[case]
+    monkeypatch.chdir(tmp_path)
+    path = _config_file(tmp_path, change)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = run_main([str(path), "-q"] + [a for o in overrides for a in ("--set", o)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("raygram: error: ") and err.count("\n") == 1, err
+    assert __import__("re").search(message, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_bad_files_from_the_command_line(tmp_path):
+    """The installed `raygram` command: missing file and invalid YAML exit 2 with one line."""
+    raygram = pathlib.Path(sys.executable).parent / "raygram"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    missing = subprocess.run([raygram, "run", str(tmp_path / "none.yaml")], capture_output=True, text=True,
+                             env=env, cwd=tmp_path, timeout=300)
+    assert missing.returncode == 2 and "config file" in missing.stderr and "does not exist" in missing.stderr
+    broken = _config_file(tmp_path, text="name: [unclosed\n")
+    invalid = subprocess.run([raygram, "run", str(broken)], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=300)
+    assert invalid.returncode == 2 and "is not valid YAML" in invalid.stderr
+    assert invalid.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]
