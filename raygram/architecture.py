@@ -12,7 +12,9 @@ Names are looked up in `raygram.kernels` (LiftingConv, GroupConv, GroupPool) and
 are combined with `raygram.kernels.serial`, the drop-in for `stax.serial`. A last entry
 `{"FullAugmentation": {"group": "C4"}}` makes the kernel that of the same network trained
 with full data augmentation over the group (`raygram.kernels.augmented_kernel_fn`); the
-finite network (init_fn, apply_fn) is unchanged.
+finite network (init_fn, apply_fn) is unchanged. A first entry `AtomSum` makes the
+rest a per-atom network shared by all atoms of a molecule and summed over them
+(`raygram.kernels.atoms`: inputs are padded molecules (N, atoms, ..., channels + mask)).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 
 RAYGRAM_LAYERS = ("LiftingConv", "GroupConv", "GroupPool")
 AUGMENTATION = "FullAugmentation"
+ATOM_SUM = "AtomSum"
 
 
 def _plain(value):
@@ -93,11 +96,18 @@ def _layer_constructor(name: str):
 def network(spec):
     """`(init_fn, apply_fn, kernel_fn)` of the network a spec describes."""
     from .kernels import augmented_kernel_fn, serial
+    from .kernels.atoms import AtomSum
 
-    layers, augmentation = [], None
+    layers, augmentation, atom_sum = [], None, False
     spec = canonical(spec)
     for position, entry in enumerate(spec):
         (name, kwargs), = entry.items()
+        if name == ATOM_SUM:
+            if position != 0 or len(spec) == 1 or kwargs:
+                raise ValueError(f"architecture layer {position} ({name}): takes no arguments and must be "
+                                 "the first entry, followed by the per-atom network")
+            atom_sum = True
+            continue
         if name == AUGMENTATION:
             if position != len(spec) - 1 or position == 0:
                 raise ValueError(f"architecture layer {position} ({name}): full augmentation applies to "
@@ -105,6 +115,9 @@ def network(spec):
             if set(kwargs) != {"group"}:
                 raise ValueError(f"architecture layer {position} ({name}): takes exactly one argument, "
                                  f"group (e.g. C4), got {sorted(kwargs)}")
+            if atom_sum:
+                raise ValueError(f"architecture layer {position} ({name}): planar augmentation does not "
+                                 f"apply to a per-atom ({ATOM_SUM}) network")
             augmentation = kwargs["group"]
             continue
         try:
@@ -112,6 +125,8 @@ def network(spec):
         except (TypeError, ValueError) as e:
             raise ValueError(f"architecture layer {position} ({name}): {e}") from None
     init_fn, apply_fn, kernel_fn = serial(*layers)
+    if atom_sum:
+        return AtomSum(init_fn, apply_fn, kernel_fn)
     if augmentation is not None:
         try:
             kernel_fn = augmented_kernel_fn(kernel_fn, augmentation)

@@ -170,7 +170,7 @@ def _kernels(value, where):
 def _data_sources():
     from .data import SOURCES
 
-    return tuple(SOURCES)
+    return tuple(SOURCES) + ("qm9",)
 
 
 def _group(value, where):
@@ -193,6 +193,7 @@ SCHEMA = section({
         "options": Field(mapping, {}),
         "train_sizes": Field(sequence(integer(1), unique=True)),
         "test_size": Field(integer(1)),
+        "validation_size": Field(integer(0), 0),
         "seed": Field(integer(0), 0),
         "standardize": Field(boolean, True),
         "test_transform": Field(_group, None),

@@ -64,7 +64,7 @@ def _main(argv, prog: str, description: str, build: bool, solve: bool, job: bool
             from .runner import run_experiment
 
             result = run_experiment(config, data, build=build, progress=not args.quiet)
-            print(_summary(result["records"]))
+            print(_summary(result["records"], data.task))
             print(f"MLflow run {result['run_id']}")
         else:
             from .runner import build_kernel
@@ -81,14 +81,22 @@ def _main(argv, prog: str, description: str, build: bool, solve: bool, job: bool
     return EXIT_OK
 
 
-def _summary(records: list[dict]) -> str:
-    """Best test accuracy per kernel and training size (over ridges and times)."""
-    best = {}
-    for r in records:
+def _summary(records: list[dict], task: str) -> str:
+    """Test metric per kernel, kind and training size: at the validated ridge and best t when
+    there is a validation split, else the best over ridges and times."""
+    from .runner import METRIC, validated
+
+    name, best = METRIC[task]
+    chosen = validated(records, task)
+    table = {}
+    for r in chosen:
         key = (r["kernel"], r["kind"], r["train_size"])
-        best[key] = max(best.get(key, 0.0), r["accuracy"])
-    lines = [f"{'kernel':24s} {'kind':5s} {'train':>6s} {'accuracy':>9s}"]
-    lines += [f"{k:24s} {kind:5s} {n:6d} {acc:9.3f}" for (k, kind, n), acc in sorted(best.items())]
+        table[key] = best(table.get(key, r[name]), r[name])
+    lines = [f"{'kernel':24s} {'kind':5s} {'train':>6s} {name:>9s}"]
+    lines += [f"{k:24s} {kind:5s} {n:6d} {value:9.3f}" for (k, kind, n), value in sorted(table.items())]
+    if task == "regression":
+        baseline = {r["train_size"]: r["baseline_mae"] for r in records}
+        lines += [f"{'per-element linear':24s} {'-':5s} {n:6d} {v:9.3f}" for n, v in sorted(baseline.items())]
     return "\n".join(lines)
 
 

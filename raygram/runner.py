@@ -1,12 +1,14 @@
 """Experiments end to end: data -> one Gram store per kernel (Ray) -> predictions (dask) -> MLflow.
 
 `run_experiment(config)` takes a resolved config (`raygram.experiment.load`) and:
-1. loads the data set, draws the test set and the largest training set (smaller training
-   sizes are prefixes of it, so one Gram per kernel serves them all), standardises with
-   training statistics and applies the test-time group transform;
+1. loads the data set, draws the held-out set (validation, then test) and the largest
+   training set (smaller training sizes are prefixes of it, so one Gram per kernel serves
+   them all); images are standardised with training statistics and the test-time group
+   transform applied; QM9 molecules become padded per-atom signals on the sphere;
 2. per kernel, builds (or resumes) its Gram store at <store>/<kernel>, then solves at
-   every training size, ridge and time and scores the test set;
-4. records one MLflow run per experiment with a nested run per (kernel, training size).
+   every training size, ridge and time and scores the held-out set (accuracy of one-hot
+   classification; MAE in kcal/mol of U0 minus the training set's per-element fit);
+3. records one MLflow run per experiment with a nested run per (kernel, training size).
 
 Re-running an interrupted experiment continues its unfinished MLflow run (same config
 hash): stores resume without recomputing tiles, nested runs that finished are kept (their
@@ -28,14 +30,21 @@ CONFIG_HASH_TAG = "raygram.config_hash"
 
 @dataclasses.dataclass
 class Data:
-    """Arrays of one experiment: x_train (n_max, H, W, C), x_test (M, H, W, C), integer labels."""
+    """Arrays of one experiment. x_train (n_max, ...) and x_test (V + M, ...): the first
+    `validation` rows of x_test are the validation split (ridges are chosen on it), the rest
+    the test set. Classification: integer labels; regression (QM9): the molecules, whose
+    targets depend on the training size through the per-element baseline."""
 
     x_train: np.ndarray
-    labels_train: np.ndarray
     x_test: np.ndarray
-    labels_test: np.ndarray
-    classes: int
     fingerprint: dict
+    task: str = "classification"
+    validation: int = 0
+    labels_train: np.ndarray | None = None
+    labels_test: np.ndarray | None = None
+    classes: int | None = None
+    molecules_train: list | None = None
+    molecules_test: list | None = None
 
 
 def code_version() -> dict[str, str]:
@@ -65,26 +74,80 @@ def kernel_store(config: dict, kernel: str) -> str:
     return config["store"].rstrip("/") + "/" + kernel
 
 
+QM9_OPTIONS = {"bandwidth": 6, "powers": [2, 6], "beta": 0.5, "molecules": None,
+               "elements": ["H", "C", "N", "O", "F"]}
+
+
+def _too_many(spec: dict, available: int, name: str):
+    from .config import ConfigError
+
+    return ConfigError(f"data.train_sizes: the largest training size {max(spec['train_sizes'])} plus "
+                       f"validation_size {spec['validation_size']} and test_size {spec['test_size']} "
+                       f"exceeds the {available} examples of {name}")
+
+
 def prepare_data(config: dict) -> Data:
-    """The experiment's training and test arrays (see the module docstring)."""
-    from .data import load_images, random_group_actions, split, standardize
+    """The experiment's training, validation and test arrays (see the module docstring)."""
+    from .data import split
 
     spec = config["data"]
-    dataset = load_images(spec["source"], spec["path"], **spec["options"])
-    n_max = max(spec["train_sizes"])
-    if n_max + spec["test_size"] > len(dataset.labels):
-        from .config import ConfigError
+    if spec["source"] == "qm9":
+        return _prepare_molecules(spec)
+    from .data import load_images, random_group_actions, standardize
 
-        raise ConfigError(f"data.train_sizes: the largest training size {n_max} plus test_size "
-                          f"{spec['test_size']} exceeds the {len(dataset.labels)} examples of {dataset.name}")
-    train, test = split(len(dataset.labels), n_max, spec["test_size"], spec["seed"], labels=dataset.labels)
+    dataset = load_images(spec["source"], spec["path"], **spec["options"])
+    n_max, held = max(spec["train_sizes"]), spec["validation_size"] + spec["test_size"]
+    if n_max + held > len(dataset.labels):
+        raise _too_many(spec, len(dataset.labels), dataset.name)
+    train, test = split(len(dataset.labels), n_max, held, spec["seed"], labels=dataset.labels)
+    test = np.random.default_rng(spec["seed"] + 2).permutation(test)  # validation: a random part of it
     x_train, x_test = dataset.x[train], dataset.x[test]
     if spec["standardize"]:
         x_train, x_test = standardize(x_train, x_test)
     if spec["test_transform"]:
         x_test = random_group_actions(x_test, spec["test_transform"], spec["seed"] + 1)
-    return Data(x_train, dataset.labels[train], x_test, dataset.labels[test], dataset.classes,
-                dataset.fingerprint())
+    return Data(x_train, x_test, dataset.fingerprint(), "classification", spec["validation_size"],
+                dataset.labels[train], dataset.labels[test], dataset.classes)
+
+
+def _prepare_molecules(spec: dict) -> Data:
+    """QM9 molecules as padded per-atom signals on the sphere (N, atoms, 2L, 2L, channels + mask)."""
+    from .config import ConfigError
+    from .data import atom_signals, load_qm9, split
+    from .kernels.atoms import pad_molecules
+
+    unknown = sorted(set(spec["options"]) - set(QM9_OPTIONS))
+    if unknown:
+        raise ConfigError(f"data.options: unknown key(s) {unknown} for source qm9; allowed: {sorted(QM9_OPTIONS)}")
+    if spec["path"] is not None or spec["test_transform"] is not None:
+        raise ConfigError("data: source qm9 reads the qm9pack wheel; path and test_transform must be null")
+    options = {**QM9_OPTIONS, **spec["options"]}
+    elements = set(options["elements"])
+    molecules = [m for m in load_qm9(limit=options["molecules"]) if set(m.elements) <= elements]
+    n_max, held = max(spec["train_sizes"]), spec["validation_size"] + spec["test_size"]
+    if n_max + held > len(molecules):
+        raise _too_many(spec, len(molecules), "qm9")
+    train, test = split(len(molecules), n_max, held, spec["seed"])
+    test = np.random.default_rng(spec["seed"] + 2).permutation(test)
+    chosen = [molecules[i] for i in train] + [molecules[i] for i in test]
+    smallest = set().union(*(m.elements for m in chosen[:min(spec["train_sizes"])]))
+    unseen = set().union(*(m.elements for m in chosen[n_max:])) - smallest
+    if unseen:
+        raise ConfigError(f"data.train_sizes: the smallest training set ({min(spec['train_sizes'])} molecules) "
+                          f"has no {sorted(unseen)} but the held-out molecules do, so the per-element baseline "
+                          f"cannot price them; use larger training sizes, another seed, or "
+                          f"data.options.elements without {sorted(unseen)}")
+    try:
+        signals = [atom_signals(m, bandwidth=options["bandwidth"], powers=options["powers"], beta=options["beta"],
+                                elements=tuple(options["elements"])) for m in chosen]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data.options: {e}") from None
+    x = pad_molecules(signals)
+    indices = [m.index for m in chosen]
+    fingerprint = {"name": "qm9", "shape": list(x.shape), "options": options,
+                   "sha256": hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()}
+    return Data(x[:n_max], x[n_max:], fingerprint, "regression", spec["validation_size"],
+                molecules_train=chosen[:n_max], molecules_test=chosen[n_max:])
 
 
 def check_architectures(config: dict, data: Data) -> None:
@@ -138,16 +201,47 @@ def solve_kernel(config: dict, data: Data, kernel: str, train_size: int) -> tupl
     solver = config["solver"]
     store = GramStore(kernel_store(config, kernel), config["storage_options"] or None, read_only=True)
     source = GramSource.from_store(store, n_train=train_size)
-    targets = one_hot_targets(data.labels_train[:train_size], data.classes)
+    if data.task == "classification":
+        targets = one_hot_targets(data.labels_train[:train_size], data.classes)
+        truth, extra = data.labels_test, {}
+    else:
+        from .data import LinearBaseline
+
+        baseline = LinearBaseline().fit(data.molecules_train[:train_size])  # training molecules only
+        targets = baseline.residuals_kcal(data.molecules_train[:train_size])
+        truth = baseline.residuals_kcal(data.molecules_test)  # MAE of residuals = MAE of U0 (kcal/mol)
+        extra = {"baseline_mae": float(np.abs(truth[data.validation:]).mean())}
     out = predict(source, targets, t=solver["times"], kinds=config["kinds"], diag_reg=solver["diag_reg"],
                   diag_reg_absolute_scale=solver["diag_reg_absolute_scale"],
                   learning_rate=solver["learning_rate"], compute_variance=solver["compute_variance"],
                   method=solver["method"], memory_budget=solver["memory_budget"], tol=solver["tol"],
                   max_iterations=solver["max_iterations"], preconditioner_rank=solver["preconditioner_rank"],
                   scheduler=solver["scheduler"])
-    records = [{"kernel": kernel, "train_size": train_size, **r}
-               for r in out.evaluate(data.labels_test, task="classification")]
+    v = data.validation
+    test = dataclasses.replace(out, mean={k: m[:, :, v:] for k, m in out.mean.items()})
+    records = [{"kernel": kernel, "train_size": train_size, **r, **extra}
+               for r in test.evaluate(truth[v:], task=data.task)]
+    if v:
+        validation = dataclasses.replace(out, mean={k: m[:, :, :v] for k, m in out.mean.items()})
+        for record, checked in zip(records, validation.evaluate(truth[:v], task=data.task)):
+            record.update({f"validation_{k}": checked[k] for k in ("accuracy", "mae", "rmse") if k in checked})
     return records, out.info
+
+
+METRIC = {"classification": ("accuracy", max), "regression": ("mae", min)}
+
+
+def validated(records: list[dict], task: str) -> list[dict]:
+    """Per (kernel, kind, train_size, t) the record of the ridge with the best validation metric
+    (all records when there is no validation split)."""
+    name, best = METRIC[task]
+    if not records or f"validation_{name}" not in records[0]:
+        return records
+    groups = {}
+    for r in records:
+        groups.setdefault((r["kernel"], r["kind"], r["train_size"], r["t"]), []).append(r)
+    sign = 1 if best is max else -1
+    return [max(group, key=lambda r: sign * r[f"validation_{name}"]) for group in groups.values()]
 
 
 def _solver_metrics(info: dict) -> dict[str, float]:
@@ -181,25 +275,29 @@ def _child_runs(client, experiment_id: str, parent_id: str) -> dict:
             for r in runs if r.info.status == "FINISHED" and "raygram.kernel" in r.data.tags}
 
 
-def _plots(config: dict, records: list[dict]) -> dict:
-    """{artifact file name: Figure} for the experiment's records."""
+def _plots(config: dict, records: list[dict], task: str) -> dict:
+    """{artifact file name: Figure}: test metric vs training size and vs t, per kind and ridge
+    (one "validated" ridge per point when there is a validation split)."""
     from .plots import metric_vs_time, metric_vs_training_size
 
+    metric = METRIC[task][0]
+    chosen_records = validated(records, task)
+    ridges = ["validated"] if chosen_records is not records else config["solver"]["diag_reg"]
     figures = {}
-    kinds = sorted({r["kind"] for r in records})
-    for kind in kinds:
-        for ridge in config["solver"]["diag_reg"]:
-            chosen = [r for r in records if r["kind"] == kind and r["diag_reg"] == ridge]
+    for kind in sorted({r["kind"] for r in records}):
+        for ridge in ridges:
+            label = "diag_reg chosen on validation" if ridge == "validated" else f"diag_reg {ridge:g}"
+            suffix = "validated" if ridge == "validated" else f"reg{ridge:g}"
+            chosen = [r for r in chosen_records if r["kind"] == kind and ridge in ("validated", r["diag_reg"])]
             latest = max(r["t"] for r in chosen)
-            at_t = [r for r in chosen if r["t"] == latest]
-            figures[f"plots/accuracy_vs_train_size_{kind}_reg{ridge:g}.png"] = metric_vs_training_size(
-                at_t, "accuracy", f"{config['name']}: {kind.upper()} test accuracy (diag_reg {ridge:g}, "
-                f"t = {latest:g})")
+            figures[f"plots/{metric}_vs_train_size_{kind}_{suffix}.png"] = metric_vs_training_size(
+                [r for r in chosen if r["t"] == latest], metric,
+                f"{config['name']}: {kind.upper()} test {metric} ({label}, t = {latest:g})")
             if len({r["t"] for r in chosen}) > 1:
                 largest = max(config["data"]["train_sizes"])
-                figures[f"plots/accuracy_vs_time_{kind}_reg{ridge:g}.png"] = metric_vs_time(
-                    [r for r in chosen if r["train_size"] == largest], "accuracy",
-                    f"{config['name']}: {kind.upper()} test accuracy vs training time (N = {largest})")
+                figures[f"plots/{metric}_vs_time_{kind}_{suffix}.png"] = metric_vs_time(
+                    [r for r in chosen if r["train_size"] == largest], metric,
+                    f"{config['name']}: {kind.upper()} test {metric} vs training time (N = {largest})")
     return figures
 
 
@@ -247,7 +345,7 @@ def run_experiment(config: dict, data: Data | None = None, build: bool = True, p
                     mlflow.log_dict(solved, "records.json")
                     records += solved
         mlflow.log_dict(records, "records.json")
-        for name, figure in _plots(config, records).items():
+        for name, figure in _plots(config, records, data.task).items():
             mlflow.log_figure(figure, name)
             plt.close(figure)
         mlflow.log_metric("experiment_seconds", time.perf_counter() - started)

@@ -193,3 +193,32 @@ def test_check_convergence_command_logs_a_falling_error_and_a_plot(tmp_path, tra
     _png_has_content(tmp_path / "c.png")
     (run,) = _runs(tracking, "convergence-test")
     assert run.data.tags["raygram.check"] == "convergence"
+
+
+def test_qm9_regression_chooses_the_ridge_on_validation(ray_address, tracking, tmp_path):
+    """QM9 through the same path: per-atom MLP summed over atoms, U0 minus the per-element fit of
+    each training set, MAE in kcal/mol on held-out molecules, ridge chosen on the validation split."""
+    import mlflow
+
+    from raygram.runner import validated
+
+    config = experiment.load(ROOT / "configs" / "qm9.yaml", [
+        "data.train_sizes=[40, 120]", "data.validation_size=40", "data.test_size=80",
+        "data.options={bandwidth: 2, molecules: 2000, elements: [H, C, N, O]}", f"store={tmp_path}/stores",
+        f"tracking.uri={tracking}", "tracking.experiment=qm9-test"])
+    result = run_experiment(config, progress=False)
+    records = result["records"]
+    assert {r["kernel"] for r in records} == {"mlp"} and all(r["mae"] > 0 for r in records)
+    assert len(records) == 2 * 2 * len(config["solver"]["diag_reg"])  # sizes x kinds x ridges (t = inf)
+    chosen = validated(records, "regression")
+    assert len(chosen) == 2 * 2
+    for r in chosen:
+        same = [q for q in records if (q["kind"], q["train_size"]) == (r["kind"], r["train_size"])]
+        assert r["validation_mae"] == min(q["validation_mae"] for q in same)
+    mae = {(r["kind"], r["train_size"]): r["mae"] for r in chosen}
+    assert mae[("ntk", 120)] < mae[("ntk", 40)], mae
+    client = mlflow.MlflowClient(tracking)
+    plots = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
+    assert "plots/mae_vs_train_size_ntk_validated.png" in plots
+    children = _runs(tracking, "qm9-test", parent=result["run_id"])
+    assert any(k.startswith("mae/ntk/") for c in children for k in c.data.metrics)
