@@ -7,9 +7,11 @@ keyword arguments:
     [{"LiftingConv": {"out_chan": 64, "filter_shape": [3, 3], "group": "C4"}},
      "Relu", "GroupPool", {"Dense": {"out_dim": 1}}]
 
-Names are looked up in `raygram.kernels` (LiftingConv, GroupConv, GroupPool) and then in
-`neural_tangents.stax` (Conv, Dense, Relu, Erf, Flatten, GlobalAvgPool, ...); the layers
-are combined with `raygram.kernels.serial`, the drop-in for `stax.serial`. A last entry
+Names are looked up in `raygram.kernels` (LiftingConv, GroupConv, GroupPool; S2Lifting,
+SO3Conv, SO3Pool) and then in `neural_tangents.stax` (Conv, Dense, Relu, Erf, Flatten,
+GlobalAvgPool, ...); the layers are combined with `raygram.kernels.serial`, the drop-in for
+`stax.serial` (`raygram.kernels.so3_serial`, with its relative-rotation fast path, when
+the network has SO(3) layers). A last entry
 `{"FullAugmentation": {"group": "C4"}}` makes the kernel that of the same network trained
 with full data augmentation over the group (`raygram.kernels.augmented_kernel_fn`); the
 finite network (init_fn, apply_fn) is unchanged. A first entry `AtomSum` makes the
@@ -21,7 +23,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-RAYGRAM_LAYERS = ("LiftingConv", "GroupConv", "GroupPool")
+PLANAR_LAYERS = ("LiftingConv", "GroupConv", "GroupPool")
+SO3_LAYERS = ("S2Lifting", "SO3Conv", "SO3Pool")
+RAYGRAM_LAYERS = PLANAR_LAYERS + SO3_LAYERS
 AUGMENTATION = "FullAugmentation"
 ATOM_SUM = "AtomSum"
 
@@ -95,7 +99,7 @@ def _layer_constructor(name: str):
 
 def network(spec):
     """`(init_fn, apply_fn, kernel_fn)` of the network a spec describes."""
-    from .kernels import augmented_kernel_fn, serial
+    from .kernels import augmented_kernel_fn, serial, so3_serial
     from .kernels.atoms import AtomSum
 
     layers, augmentation, atom_sum = [], None, False
@@ -124,7 +128,8 @@ def network(spec):
             layers.append(_layer_constructor(name)(**_frozen(kwargs)))
         except (TypeError, ValueError) as e:
             raise ValueError(f"architecture layer {position} ({name}): {e}") from None
-    init_fn, apply_fn, kernel_fn = serial(*layers)
+    combine = so3_serial if any(next(iter(e)) in SO3_LAYERS for e in spec) else serial
+    init_fn, apply_fn, kernel_fn = combine(*layers)
     if atom_sum:
         return AtomSum(init_fn, apply_fn, kernel_fn)
     if augmentation is not None:

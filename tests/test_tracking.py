@@ -36,6 +36,7 @@ def store(tmp_path_factory):
         experiment_id = MlflowClient().create_experiment(
             EXPERIMENT, artifact_location=(folder / "artifacts").as_uri())
         mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+        mlflow.set_experiment(experiment_id=experiment_id)  # overrides an experiment another test made active
         yield uri, experiment_id
     mlflow.set_tracking_uri(previous)
 

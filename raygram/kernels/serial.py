@@ -126,12 +126,16 @@ def serial(*layers):
             cov1 = jnp.full((x1.shape[0],), jnp.nan, nngp.dtype)
             cov2 = jnp.full((x2.shape[0],), jnp.nan, nngp.dtype)
         channels = pooled_channels(tuple(x1.shape))
-        k = nt.Kernel(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, x1_is_x2=x2 is None,
-                      is_gaussian=True, is_reversed=False, is_input=False, diagonal_batch=True,
-                      diagonal_spatial=False, shape1=(x1.shape[0], channels),
-                      shape2=((x1 if x2 is None else x2).shape[0], channels),
-                      batch_axis=0, channel_axis=1, mask1=None, mask2=None)
-        return head_kernel_fn(k, get=get)
+        return head_kernel_fn(pooled_kernel(nngp, ntk, cov1, cov2, x1, x2, channels), get=get)
 
     return init_fn, apply_fn, kernel_fn
 
+
+def pooled_kernel(nngp, ntk, cov1, cov2, x1, x2, channels: int):
+    """The `nt.Kernel` of pooled (invariant) features (N, channels) that a fast path hands to
+    the layers after the pool: nngp/ntk (N1, N2), per-input variances cov1 (N1,), cov2 (N2,)."""
+    return nt.Kernel(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, x1_is_x2=x2 is None,
+                     is_gaussian=True, is_reversed=False, is_input=False, diagonal_batch=True,
+                     diagonal_spatial=False, shape1=(x1.shape[0], channels),
+                     shape2=((x1 if x2 is None else x2).shape[0], channels),
+                     batch_axis=0, channel_axis=1, mask1=None, mask2=None)

@@ -1,0 +1,539 @@
+"""SO(3) group-convolutional layers (spherical CNNs) with analytic NNGP/NTK, in stax style.
+
+Layouts (grids in `raygram.kernels.so3_grid`, bandwidth L):
+- S² signals: (N, 2L, 2L, C), axes (θ, φ) of the Driscoll-Healy grid.
+- SO(3) feature maps: (N, 2L, 2L, 2L, C), axes (α, β, γ) of R = Rz(α) Ry(β) Rz(γ).
+
+Layers (each `(init_fn, apply_fn, kernel_fn)`, composable with `stax.serial`, `stax.Erf`,
+`stax.Relu`, `stax.Dense`, ...), all integrals normalised (means, by grid quadrature):
+
+    S2Lifting  out(R) = ⟨ψ(R⁻¹ ·), f⟩_S²  = Σ_{l<B} W_l · D_l(R)ᵀ f̂_l,
+               f̂_l = mean_x y_l(x) f(x)
+    SO3Conv    out(R) = ⟨ψ(R⁻¹ ·), f⟩_SO3 = Σ_{l<B} √(2l+1) ⟨W_l, D_l(R)ᵀ f̂_l⟩,
+               f̂_l = mean_Q D_l(Q) f(Q)
+    SO3Pool    out = mean_R f(R)
+
+Filter convention: global filters band-limited to degree < B (`filter_bandwidth`), with
+i.i.d. N(0, 1) coefficients W in an orthonormal basis (y_lm on S², √(2l+1) D_l,ab on
+SO(3)), times W_std/√C_in (parameterization "ntk"; "standard" draws them with that std).
+The output variance is then W_std² × the mean power of the degree-< B part of the input,
+as for `stax.Dense`. B ≤ input and output bandwidths is required (a grid of bandwidth L
+resolves degrees < L).
+
+Kernels, K(R, R') = Cov(out_x1(R), out_x2(R')). Each layer's `kernel_fn` is the direct
+recursion on the covariance over all pairs of grid points, nngp of shape
+(N1, N2, A, A', B, B', Γ, Γ') (pairs interleaved as neural-tangents' nonlinearities
+expect), O(L⁶) per pair of inputs:
+
+    lifting  C_l = Σ_xy w_x w_y y_l(x) K(x, y) y_l(y)ᵀ,
+             K'(R, R') = Σ_l ⟨C_l, D_l(R) D_l(R')ᵀ⟩
+    conv     A_l = Σ_QQ' w_Q w_Q' D_l(Q) K(Q, Q') D_l(Q')ᵀ,
+             K'(R, R') = Σ_l (2l+1) ⟨A_l, D_l(R) D_l(R')ᵀ⟩
+    pool     K' = Σ_RR' w_R w_R' K(R, R')
+
+then W_std² · (·) + b_std² and Θ' = W_std² · (same map on Θ) + K' (neural-tangents' rules).
+
+Fast path (`so3_serial`). The law of a filter is invariant under rotating it
+(ψ ↦ ψ(h⁻¹ ·) keeps i.i.d. coefficients i.i.d.: D_l(h) is orthogonal), and out_ψ(R h) =
+out_{ψ(h⁻¹ ·)}(R), so K(R h, R' h) = K(R, R') for all h, i.e. K(R, R') = k(R R'⁻¹) with
+k(M) = K(M, e), for *any* two inputs, after every lifting or group convolution (in the
+formulas above, D_l(R) D_l(R')ᵀ = D_l(R R'⁻¹)). A pointwise nonlinearity maps k to
+F(k(·); k₁(e), k₂(e)), again a function of R R'⁻¹ (the variances k(e) are constant on the
+group), and biases add constants. So one function on SO(3) per pair of inputs suffices,
+O(L³):
+
+    lifting  k(M) = Σ_l ⟨C_l, D_l(M)⟩           (spherical cross-correlation of the inputs)
+    conv     k'(M) = Σ_l (2l+1) ⟨k̂_l, D_l(M)⟩,  k̂_l = mean_U D_l(U) k(U)  (low pass, degree < B)
+    pool     mean_U k(U)
+
+k is stored at P = 1 + (2L)³ rotations: the identity e (not a grid point), then the grid.
+This holds for global filters whose coefficient law is rotation invariant (here: i.i.d.,
+flat spectrum) and i.i.d. across channels, with pointwise layers in between; it fails for
+localised or grid-defined filters, or spectra that are not a function of l alone.
+Without a nonlinearity the fast path equals the direct one to round-off. With one, the
+direct path's double quadrature over pairs of grid points and the fast path's single
+quadrature over relative rotations are two discretisations of the same Haar integral of
+F∘k, which is not band-limited: they differ by its quadrature error, 1e-5 to 1e-3 for a
+grid bandwidth L = B, decaying fast when L oversamples B (≈ 1e-8 at L = 2B; tested).
+The finite network uses the direct path's quadrature.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._neural_tangents import nt, stax
+from .planar import _affine_kernel_fn, _init, _layer, _scales
+from .serial import _POINTWISE, pooled_kernel
+from .so3_grid import s2_grid_harmonics, s2_weights, so3_grid_wigner, so3_weights
+
+_PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def _check_common(out_chan, bandwidth, filter_bandwidth, parameterization):
+    if not isinstance(out_chan, (int, np.integer)) or out_chan < 1:
+        raise ValueError(f"out_chan must be a positive integer, got {out_chan!r}.")
+    for name, v in (("bandwidth", bandwidth), ("filter_bandwidth", filter_bandwidth)):
+        if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {v!r}.")
+    if parameterization not in _PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {_PARAMETERIZATIONS}, "
+                         f"got {parameterization!r}.")
+
+
+def _resolve_bands(layer, l_in, bandwidth, filter_bandwidth):
+    """(output bandwidth, filter bandwidth) after checking that both grids resolve the filter."""
+    l_out = l_in if bandwidth is None else bandwidth
+    band = min(l_in, l_out) if filter_bandwidth is None else filter_bandwidth
+    if band > l_in or band > l_out:
+        raise ValueError(
+            f"{layer}: filter_bandwidth {band} exceeds the input bandwidth {l_in} or the output "
+            f"bandwidth {l_out}: a grid of bandwidth L resolves only degrees < L. Use "
+            f"filter_bandwidth <= {min(l_in, l_out)} or larger bandwidths.")
+    return l_out, band
+
+
+def _s2_bandwidth(shape, layer):
+    if len(shape) != 4 or shape[1] != shape[2] or shape[1] % 2:
+        raise ValueError(f"{layer} expects S² signals (N, 2L, 2L, C) on a Driscoll-Healy grid, "
+                         f"got shape {tuple(shape)}.")
+    return shape[1] // 2
+
+
+def _so3_bandwidth(shape, layer):
+    if len(shape) != 5 or not shape[1] == shape[2] == shape[3] or shape[1] % 2:
+        raise ValueError(f"{layer} expects SO(3) feature maps (N, 2L, 2L, 2L, C) on the "
+                         f"equiangular grid, got shape {tuple(shape)}.")
+    return shape[1] // 2
+
+
+def _slice(l):
+    """Degree-l block of the S² harmonic axis (index l² + l + m)."""
+    return slice(l * l, (l + 1) ** 2)
+
+
+def _conv_slices(band):
+    """Degree-l blocks of SO3Conv's flat coefficient axis ((2l+1)² each)."""
+    starts = np.cumsum([0] + [(2 * l + 1) ** 2 for l in range(band)])
+    return [slice(int(starts[l]), int(starts[l + 1])) for l in range(band)]
+
+
+@functools.lru_cache(maxsize=None)
+def _grid_wigner(L, band):
+    """([D_l on the SO(3) grid, (G, 2l+1, 2l+1)] for l < band, weights (G,)), G = (2L)³."""
+    d = [x.reshape((-1,) + x.shape[-2:]) for x in so3_grid_wigner(L, band)]
+    return d, so3_weights(L).reshape(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _relative_wigner(L, band):
+    """([D_l at P = 1 + (2L)³ relative rotations, (P, 2l+1, 2l+1)], weights (P,)); point 0 is e."""
+    d, w = _grid_wigner(L, band)
+    d = [np.concatenate([np.eye(x.shape[-1])[None], x]) for x in d]
+    return d, np.concatenate([[0.], w])
+
+
+@functools.lru_cache(maxsize=None)
+def _s2_analysis(L, band):
+    """Weighted harmonics w_x y_lm(x) on the S² grid, (4L², band²)."""
+    return (s2_grid_harmonics(L, band) * s2_weights(L)[..., None]).reshape(-1, band * band)
+
+
+def _to_matrix(cov, batch_ndim):
+    """(*b, A, A', B, B', Γ, Γ') -> (*b, G, G)."""
+    b, n = cov.shape[:batch_ndim], cov.shape[batch_ndim]
+    axes = tuple(range(batch_ndim)) + tuple(batch_ndim + i for i in (0, 2, 4, 1, 3, 5))
+    return cov.transpose(axes).reshape(b + (n ** 3, n ** 3))
+
+
+def _from_matrix(k, L):
+    """(*b, G, G) -> (*b, A, A', B, B', Γ, Γ')."""
+    b = k.shape[:-2]
+    k = k.reshape(b + (2 * L,) * 6)
+    nb = len(b)
+    return k.transpose(tuple(range(nb)) + tuple(nb + i for i in (0, 3, 1, 4, 2, 5)))
+
+
+def _so3_cov_bandwidth(cov, batch_ndim, layer):
+    """Bandwidth of a direct SO(3) covariance (*b, 2L, 2L, 2L, 2L, 2L, 2L)."""
+    pairs = cov.shape[batch_ndim:]
+    if len(pairs) != 6 or len(set(pairs)) != 1 or pairs[0] % 2:
+        raise ValueError(f"{layer} expects the kernel of SO(3) feature maps (output of S2Lifting "
+                         f"or SO3Conv), got covariance axes {pairs}.")
+    return pairs[0] // 2
+
+
+@functools.lru_cache(maxsize=None)
+def _grid_wigner_flat(L, band):
+    """All D_l on the SO(3) grid side by side, (G, Σ_l (2l+1)²): one matrix product for all l."""
+    d, _ = _grid_wigner(L, band)
+    return np.concatenate([x.reshape(x.shape[0], -1) for x in d], axis=1)
+
+
+def _synth_pairs(coefs, L_out, scale_of_l):
+    """Σ_l scale(l) ⟨coef_l, D_l(R_i) D_l(R_j)ᵀ⟩ on grid pairs: coef_l (*b, n, n) -> direct layout."""
+    d, _ = _grid_wigner(L_out, len(coefs))
+    y = [scale_of_l(l) * jnp.einsum("ice,...cd->...ide", d[l], c) for l, c in enumerate(coefs)]
+    y = jnp.concatenate([x.reshape(x.shape[:-2] + (-1,)) for x in y], axis=-1)
+    k = jnp.einsum("...iq,jq->...ij", y, _grid_wigner_flat(L_out, len(coefs)))
+    return _from_matrix(k, L_out)
+
+
+def _s2_coefs(cov, batch_ndim, L_in, band):
+    """C_l = Σ_xy w_x w_y y_l(x) K(x, y) y_l(y)ᵀ from an S² covariance (*b, T, T', Φ, Φ')."""
+    b, s = cov.shape[:batch_ndim], (2 * L_in) ** 2
+    axes = tuple(range(batch_ndim)) + tuple(batch_ndim + i for i in (0, 2, 1, 3))
+    cov = cov.transpose(axes).reshape(b + (s, s))
+    y = jnp.asarray(_s2_analysis(L_in, band), cov.dtype)
+    x = jnp.einsum("...st,td->...sd", cov, y)
+    return [jnp.einsum("sc,...sd->...cd", y[:, _slice(l)], x[..., _slice(l)]) for l in range(band)]
+
+
+def _lift_cov(cov, batch_ndim, L_in, L_out, band):
+    """Direct lifting recursion without affine scaling: S² covariance -> SO(3) covariance."""
+    return _synth_pairs(_s2_coefs(cov, batch_ndim, L_in, band), L_out, lambda l: 1.)
+
+
+def _conv_cov(cov, batch_ndim, L_out, band, layer):
+    """Direct group-convolution recursion without affine scaling."""
+    L_in = _so3_cov_bandwidth(cov, batch_ndim, layer)
+    d, w = _grid_wigner(L_in, band)
+    wd = [x * w[:, None, None] for x in d]
+    x = jnp.einsum("...ij,jq->...iq", _to_matrix(cov, batch_ndim),
+                   _grid_wigner_flat(L_in, band) * w[:, None])
+    coefs, start = [], 0
+    for l in range(band):
+        n = 2 * l + 1
+        x_l = x[..., start:start + n * n].reshape(x.shape[:-1] + (n, n))
+        coefs.append(jnp.einsum("iab,...icb->...ac", wd[l], x_l))
+        start += n * n
+    return _synth_pairs(coefs, L_out, lambda l: 2 * l + 1.)
+
+
+def _pool_cov(cov, batch_ndim, layer):
+    """Direct pooling: Σ_RR' w_R w_R' K(R, R'), (*b,)."""
+    w = so3_weights(_so3_cov_bandwidth(cov, batch_ndim, layer)).reshape(-1)
+    return jnp.einsum("i,...ij,j->...", w, _to_matrix(cov, batch_ndim), w)
+
+
+def _check_params(layer, inputs, W):
+    if inputs.shape[-1] != W.shape[1]:
+        raise ValueError(f"{layer}: inputs have {inputs.shape[-1]} channels but the parameters "
+                         f"were initialised for {W.shape[1]} (in_chan mismatch).")
+
+
+def _s2_features(inputs, band):
+    """f̂_l,c = mean_x y_l(x) f_c(x): (N, 2L, 2L, C) -> (N, C, band²)."""
+    y = jnp.asarray(_s2_analysis(inputs.shape[1] // 2, band), inputs.dtype)
+    return jnp.einsum("nsc,sa->nca", inputs.reshape((inputs.shape[0], -1, inputs.shape[-1])), y)
+
+
+@_layer
+def S2Lifting(out_chan: int,
+              bandwidth: int | None = None,
+              filter_bandwidth: int | None = None,
+              W_std: float = 1.0,
+              b_std: float | None = None,
+              parameterization: str = "ntk"):
+    """Lifting S² -> SO(3): signals (N, 2L_in, 2L_in, C) -> feature maps (N, 2L, 2L, 2L, out_chan).
+
+    out(R, o) = W_std/√C · Σ_{c, l<B} W[l, :, c, o] · D_l(R)ᵀ f̂_{l,c} + b_std·b[o]: the
+    correlation of f with the filter ψ_co = Σ_lm W[lm, c, o] y_lm rotated by R. Parameters
+    W (B², C, out_chan), b (out_chan,). `bandwidth` L of the output grid defaults to L_in;
+    `filter_bandwidth` B (degrees < B) to min(L_in, L).
+    """
+    _check_common(out_chan, bandwidth, filter_bandwidth, parameterization)
+    name = "S2Lifting"
+
+    def bands(shape):
+        return _resolve_bands(name, _s2_bandwidth(shape, name), bandwidth, filter_bandwidth)
+
+    def init_fn(rng, input_shape):
+        l_out, band = bands(input_shape)
+        params = _init(rng, (band * band, input_shape[-1], out_chan), out_chan, b_std, W_std,
+                       input_shape[-1], parameterization)
+        return (input_shape[0],) + (2 * l_out,) * 3 + (out_chan,), params
+
+    def apply_fn(params, inputs, **kwargs):
+        W, b = params
+        l_out, band = bands(inputs.shape)
+        _check_params(name, inputs, W)
+        w_scale, b_scale = _scales(W_std, b_std, inputs.shape[-1], parameterization)
+        f_hat = _s2_features(inputs, band)
+        d, _ = _grid_wigner(l_out, band)
+        out = sum(jnp.einsum("rea,nce,aco->nro", jnp.asarray(d[l], inputs.dtype),
+                             f_hat[..., _slice(l)], W[_slice(l)]) for l in range(band))
+        out = out.reshape((inputs.shape[0],) + (2 * l_out,) * 3 + (W.shape[-1],)) * w_scale
+        return out if b is None else out + b_scale * b
+
+    @stax.requires(batch_axis=0, channel_axis=-1,
+                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.NO))
+    def kernel_fn(k, **kwargs):
+        l_in = _s2_bandwidth(k.shape1, name)
+        l_out, band = bands(k.shape1)
+
+        def propagate(cov, batch_ndim, is_self_cov):
+            return _lift_cov(cov, batch_ndim, l_in, l_out, band)
+
+        return _affine_kernel_fn(k, propagate, W_std, b_std, parameterization, k.shape1[-1])
+
+    return init_fn, apply_fn, kernel_fn
+
+
+@_layer
+def SO3Conv(out_chan: int,
+            bandwidth: int | None = None,
+            filter_bandwidth: int | None = None,
+            W_std: float = 1.0,
+            b_std: float | None = None,
+            parameterization: str = "ntk"):
+    """SO(3) group convolution: (N, 2L_in, 2L_in, 2L_in, C) -> (N, 2L, 2L, 2L, out_chan).
+
+    out(R, o) = W_std/√C · Σ_{c, l<B} √(2l+1) ⟨W_l[:, :, c, o], D_l(R)ᵀ f̂_{l,c}⟩ + b_std·b[o]
+    with f̂_l = mean_Q D_l(Q) f(Q) (grid quadrature): the correlation with the filter
+    ψ = Σ √(2l+1) W_l,ab D_l,ab rotated by R. Parameters W (Σ_l (2l+1)², C, out_chan),
+    b (out_chan,). `bandwidth` defaults to L_in, `filter_bandwidth` to min(L_in, L).
+    """
+    _check_common(out_chan, bandwidth, filter_bandwidth, parameterization)
+    name = "SO3Conv"
+
+    def bands(shape):
+        return _resolve_bands(name, _so3_bandwidth(shape, name), bandwidth, filter_bandwidth)
+
+    def init_fn(rng, input_shape):
+        l_out, band = bands(input_shape)
+        n_coef = sum((2 * l + 1) ** 2 for l in range(band))
+        params = _init(rng, (n_coef, input_shape[-1], out_chan), out_chan, b_std, W_std,
+                       input_shape[-1], parameterization)
+        return (input_shape[0],) + (2 * l_out,) * 3 + (out_chan,), params
+
+    def apply_fn(params, inputs, **kwargs):
+        W, b = params
+        l_in = _so3_bandwidth(inputs.shape, name)
+        l_out, band = bands(inputs.shape)
+        _check_params(name, inputs, W)
+        w_scale, b_scale = _scales(W_std, b_std, inputs.shape[-1], parameterization)
+        d_in, w = _grid_wigner(l_in, band)
+        d_out, _ = _grid_wigner(l_out, band)
+        x = inputs.reshape((inputs.shape[0], -1, inputs.shape[-1]))
+        x = x * jnp.asarray(w, inputs.dtype)[:, None]
+        out = 0.
+        for l, s in enumerate(_conv_slices(band)):
+            n = 2 * l + 1
+            f_hat = jnp.einsum("rab,nrc->ncab", jnp.asarray(d_in[l], inputs.dtype), x)
+            w_l = W[s].reshape((n, n) + W.shape[1:])
+            out = out + np.sqrt(n) * jnp.einsum("rea,nceb,abco->nro",
+                                                jnp.asarray(d_out[l], inputs.dtype), f_hat, w_l)
+        out = out.reshape((inputs.shape[0],) + (2 * l_out,) * 3 + (W.shape[-1],)) * w_scale
+        return out if b is None else out + b_scale * b
+
+    @stax.requires(batch_axis=0, channel_axis=-1,
+                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.NO))
+    def kernel_fn(k, **kwargs):
+        l_out, band = bands(k.shape1)
+
+        def propagate(cov, batch_ndim, is_self_cov):
+            return _conv_cov(cov, batch_ndim, l_out, band, name)
+
+        return _affine_kernel_fn(k, propagate, W_std, b_std, parameterization, k.shape1[-1])
+
+    return init_fn, apply_fn, kernel_fn
+
+
+@_layer
+def SO3Pool():
+    """Invariant pooling: Haar mean over SO(3) (grid quadrature), (N, 2L, 2L, 2L, C) -> (N, C)."""
+    name = "SO3Pool"
+
+    def init_fn(rng, input_shape):
+        _so3_bandwidth(input_shape, name)
+        return (input_shape[0], input_shape[-1]), ()
+
+    def apply_fn(params, inputs, **kwargs):
+        L = _so3_bandwidth(inputs.shape, name)
+        return jnp.einsum("abg,nabgc->nc", jnp.asarray(so3_weights(L), inputs.dtype), inputs)
+
+    @stax.requires(batch_axis=0, channel_axis=-1,
+                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.YES))
+    def kernel_fn(k, **kwargs):
+        _so3_bandwidth(k.shape1, name)
+        cov_ndim = 1 if k.diagonal_batch else 2
+
+        def pool(cov, batch_ndim):
+            return cov if cov is None or not jnp.ndim(cov) else _pool_cov(cov, batch_ndim, name)
+
+        return k.replace(cov1=pool(k.cov1, cov_ndim), nngp=pool(k.nngp, 2),
+                         cov2=pool(k.cov2, cov_ndim), ntk=pool(k.ntk, 2),
+                         is_reversed=False, batch_axis=0, channel_axis=1)
+
+    return init_fn, apply_fn, kernel_fn
+
+
+def _relative_synth(coefs, L_out, scale_of_l):
+    """k(M) = Σ_l scale(l) ⟨coef_l, D_l(M)⟩ at the P relative rotations: (*b, n, n) -> (*b, P)."""
+    d, _ = _relative_wigner(L_out, len(coefs))
+    return sum(scale_of_l(l) * jnp.einsum("...cd,pcd->...p", c, d[l])
+               for l, c in enumerate(coefs))
+
+
+def _relative_analysis(k, L_in, band):
+    """k̂_l = mean_U D_l(U) k(U) by the grid quadrature: (*b, P) -> [(*b, 2l+1, 2l+1)]."""
+    d, w = _relative_wigner(L_in, band)
+    k = k * jnp.asarray(w, k.dtype)
+    return [jnp.einsum("pab,...p->...ab", d[l], k) for l in range(band)]
+
+
+def _relative_affine(state, transform, args, fan_in):
+    """W_std² T(·) + b_std² on every relative field; NTK as neural-tangents' Dense/Conv."""
+    w_sq = args["W_std"] ** 2
+    b_sq = 0. if args["b_std"] is None else args["b_std"] ** 2
+    nngp_t = transform(state["nngp"])
+    nngp = w_sq * nngp_t + b_sq
+    ntk = state["ntk"]
+    ntk_t = 0. if ntk is None else transform(ntk)
+    if not state["with_ntk"]:
+        ntk = None
+    elif args["parameterization"] == "ntk":
+        ntk = w_sq * ntk_t + nngp
+    else:
+        ntk = fan_in * nngp_t + w_sq * ntk_t + (0. if args["b_std"] is None else 1.)
+    selfs = [None if s is None else w_sq * transform(s) + b_sq for s in state["self"]]
+    return dict(state, nngp=nngp, ntk=ntk, self=selfs)
+
+
+def _relative_kernel(nngp, ntk, var1, var2, shape1, shape2):
+    """A neural-tangents Kernel holding k(R R'⁻¹) at P points as nngp (N1, N2, P, 1, 1, 1, 1, 1).
+
+    The self-covariances are the variances k(e), with pairs (1, 1) that broadcast.
+    """
+    pairs = (1,) * 6
+
+    def rel(x):
+        return None if x is None else x.reshape(x.shape[:2] + (x.shape[2], 1) + (1,) * 4)
+
+    return nt.Kernel(nngp=rel(nngp), ntk=rel(ntk), cov1=var1.reshape(var1.shape + pairs),
+                     cov2=None if var2 is None else var2.reshape(var2.shape + pairs),
+                     x1_is_x2=var2 is None, is_gaussian=True, is_reversed=False, is_input=False,
+                     diagonal_batch=True, diagonal_spatial=False, shape1=shape1, shape2=shape2,
+                     batch_axis=0, channel_axis=4, mask1=None, mask2=None)
+
+
+def _relative_pointwise(state, kernel_fn, shape1, shape2):
+    """A neural-tangents pointwise layer on the relative fields (cross and self functions)."""
+    selfs = state["self"]
+    k = kernel_fn(_relative_kernel(state["nngp"], state["ntk"], selfs[0][:, 0],
+                                   None if selfs[1] is None else selfs[1][:, 0], shape1, shape2))
+    nngp = k.nngp.reshape(k.nngp.shape[:3])
+    ntk = None if k.ntk is None else k.ntk.reshape(k.ntk.shape[:3])
+
+    def one(s):
+        kk = kernel_fn(_relative_kernel(s[None, None], None, s[:1], None,
+                                        (1,) + shape1[1:], (1,) + shape1[1:]))
+        return kk.nngp.reshape(s.shape)
+
+    return dict(state, nngp=nngp, ntk=ntk,
+                self=[None if s is None else jax.vmap(one)(s) for s in selfs])
+
+
+def _fast_plan(layers):
+    """Index of the SO3Pool in S2Lifting, (SO3Conv | pointwise)*, SO3Pool, head...; else None."""
+    names = [getattr(l[2], "raygram_layer", (None, None))[0] for l in layers]
+    if not names or names[0] != "S2Lifting" or names.count("SO3Pool") != 1:
+        return None
+    pool = names.index("SO3Pool")
+    for layer, name in zip(layers[1:pool], names[1:pool]):
+        if name != "SO3Conv" and (name is not None or layer[2].__name__ not in _POINTWISE):
+            return None
+    return pool
+
+
+def so3_serial(*layers):
+    """Drop-in for `stax.serial(*layers)` whose `kernel_fn` takes the fast relative-rotation path.
+
+    For S2Lifting -> (SO3Conv | pointwise neural-tangents layer)* -> SO3Pool -> head, the
+    kernel is propagated as one function of the relative rotation per pair of inputs
+    (O(L³) instead of O(L⁶); module docstring), plus each input's own function, which the
+    group convolution needs for the variances; the head (any neural-tangents layers after
+    the pooling) then runs on the pooled Kernel. Other stacks, and calls with a Kernel or
+    extra keyword arguments, use `stax.serial`'s direct recursion. Returns
+    `(init_fn, apply_fn, kernel_fn)`; `kernel_fn(x1, x2=None, get=None)`.
+    """
+    init_fn, apply_fn, general_kernel_fn = stax.serial(*layers)
+    pool = _fast_plan(layers)
+    if pool is None:
+        return init_fn, apply_fn, general_kernel_fn
+    head = layers[pool + 1:]
+    head_kernel_fn = stax.serial(*head)[2] if head else stax.Identity()[2]
+
+    @functools.cache
+    def input_shapes(input_shape):
+        """Input shape of every layer up to the pool, from a shape-only trace of the init_fns."""
+        shapes = []
+
+        def trace(key):
+            shape = input_shape
+            for layer in layers[:pool + 1]:
+                shapes.append(shape)
+                shape = layer[0](key, shape)[0]
+            return 0
+
+        jax.eval_shape(trace, jax.random.PRNGKey(0))
+        return shapes
+
+    def pooled(x1, x2, with_ntk):
+        """Pooled (nngp, ntk, var1, var2, channels) by the relative recursion."""
+        shapes = input_shapes(tuple(x1.shape))
+        n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        state = None
+        for layer, shape in zip(layers[:pool], shapes):
+            name, args = getattr(layer[2], "raygram_layer", (None, None))
+            channels = shape[-1]
+            if name == "S2Lifting":
+                l_out, band = _resolve_bands(name, _s2_bandwidth(shape, name), args["bandwidth"],
+                                             args["filter_bandwidth"])
+                f1 = _s2_features(x1, band)
+                f2 = f1 if x2 is None else _s2_features(x2, band)
+
+                def lift(a, b, spec, band=band, l_out=l_out, channels=channels):
+                    coefs = [jnp.einsum(spec, a[..., _slice(l)], b[..., _slice(l)]) / channels
+                             for l in range(band)]
+                    return _relative_synth(coefs, l_out, lambda l: 1.)
+
+                state = _relative_affine(
+                    dict(nngp=lift(f1, f2, "ica,jcb->ijab"), ntk=None, with_ntk=with_ntk,
+                         self=[lift(f1, f1, "ica,icb->iab"),
+                               None if x2 is None else lift(f2, f2, "ica,icb->iab")]),
+                    lambda k: k, args, channels)
+            elif name == "SO3Conv":
+                l_in = _so3_bandwidth(shape, name)
+                l_out, band = _resolve_bands(name, l_in, args["bandwidth"],
+                                             args["filter_bandwidth"])
+
+                def conv(k, l_in=l_in, l_out=l_out, band=band):
+                    return _relative_synth(_relative_analysis(k, l_in, band), l_out,
+                                           lambda l: 2 * l + 1.)
+
+                state = _relative_affine(state, conv, args, channels)
+            else:
+                state = _relative_pointwise(state, layer[2], shape, (n2,) + shape[1:])
+        _, w = _relative_wigner(_so3_bandwidth(shapes[pool], "SO3Pool"), 1)
+        w = jnp.asarray(w, state["nngp"].dtype)
+
+        def mean(k):
+            return None if k is None else k @ w
+
+        return (mean(state["nngp"]), mean(state["ntk"]), mean(state["self"][0]),
+                mean(state["self"][1]), shapes[pool][-1])
+
+    def kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs):
+        if kwargs or not isinstance(x1_or_kernel, (jnp.ndarray, np.ndarray)):
+            return general_kernel_fn(x1_or_kernel, x2, get, **kwargs)
+        x1 = x1_or_kernel
+        names = (get,) if isinstance(get, str) else get
+        nngp, ntk, var1, var2, channels = pooled(x1, x2, names is None or "ntk" in names)
+        return head_kernel_fn(pooled_kernel(nngp, ntk, var1, var2, x1, x2, channels), get=get)
+
+    return init_fn, apply_fn, kernel_fn
