@@ -57,30 +57,29 @@ def _check_bandwidth(bandwidth) -> int:
 
 
 def dh_grid(bandwidth: int) -> tuple[np.ndarray, np.ndarray]:
-    """Driscoll–Healy angles of bandwidth L: θ_j = π(2j+1)/(4L) and φ_k = 2πk/(2L), each (2L,)."""
-    L = _check_bandwidth(bandwidth)
-    theta = np.pi * (2 * np.arange(2 * L) + 1) / (4 * L)
-    phi = 2 * np.pi * np.arange(2 * L) / (2 * L)
-    return theta, phi
+    """Driscoll–Healy angles of bandwidth L: θ_j = π(2j+1)/(4L) and φ_k = 2πk/(2L), each (2L,).
+
+    The grid of the SO(3) layers (`raygram.kernels.so3_grid`, imported on use: it loads JAX)."""
+    from ..kernels.so3_grid import dh_angles
+
+    return dh_angles(_check_bandwidth(bandwidth))
 
 
 def dh_directions(bandwidth: int) -> np.ndarray:
     """Unit vectors (2L, 2L, 3) of the DH grid: [j, k] = (sinθ_j cosφ_k, sinθ_j sinφ_k, cosθ_j)."""
-    theta, phi = dh_grid(bandwidth)
-    t, p = np.meshgrid(theta, phi, indexing="ij")
-    return np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], axis=-1)
+    from ..kernels.so3_grid import s2_points
+
+    return s2_points(_check_bandwidth(bandwidth))
 
 
 def dh_weights(bandwidth: int) -> np.ndarray:
     """Quadrature weights (2L,) in θ: Σ_j w_j g(θ_j) = ∫_0^π g(θ) sin θ dθ for g(θ) a polynomial
-    in cos θ of degree < 2L (Driscoll & Healy 1994, in the form of Kostelec & Rockmore 2008):
-    w_j = (2/L) sin θ_j Σ_{k<L} sin((2k+1) θ_j) / (2k+1). Times 2π/(2L) per φ sample, this
-    integrates exactly over S² every function of degree < 2L, e.g. f · conj(Y_ℓm) with f
-    of degree < L."""
-    L = _check_bandwidth(bandwidth)
-    theta, _ = dh_grid(L)
-    odd = 2 * np.arange(L) + 1
-    return (2.0 / L) * np.sin(theta) * (np.sin(np.outer(theta, odd)) / odd).sum(axis=1)
+    in cos θ of degree < 2L (twice the SO(3) layers' normalised weights, which sum to 1). Times
+    2π/(2L) per φ sample, this integrates exactly over S² every function of degree < 2L, e.g.
+    f · conj(Y_ℓm) with f of degree < L."""
+    from ..kernels.so3_grid import dh_weights as normalised
+
+    return 2.0 * normalised(_check_bandwidth(bandwidth))
 
 
 def _channel_elements(elements) -> tuple[str, ...]:
