@@ -11,7 +11,8 @@ Names are looked up in `raygram.kernels` (LiftingConv, GroupConv, GroupPool; S2L
 SO3Conv, SO3Pool) and then in `neural_tangents.stax` (Conv, Dense, Relu, Erf, Flatten,
 GlobalAvgPool, ...); the layers are combined with `raygram.kernels.serial`, the drop-in for
 `stax.serial` (`raygram.kernels.so3_serial`, with its relative-rotation fast path, when
-the network has SO(3) layers). A last entry
+the network has SO(3) layers; `{"SO3Pool": {"quadrature": "relative"}}` picks that path's
+O(L³) single quadrature instead of the exact default "pairs"). A last entry
 `{"FullAugmentation": {"group": "C4"}}` makes the kernel that of the same network trained
 with full data augmentation over the group (`raygram.kernels.augmented_kernel_fn`); the
 finite network (init_fn, apply_fn) is unchanged. A first entry `AtomSum` makes the
@@ -102,7 +103,7 @@ def network(spec):
     from .kernels import augmented_kernel_fn, serial, so3_serial
     from .kernels.atoms import AtomSum
 
-    layers, augmentation, atom_sum = [], None, False
+    layers, augmentation, atom_sum, quadrature = [], None, False, "pairs"
     spec = canonical(spec)
     for position, entry in enumerate(spec):
         (name, kwargs), = entry.items()
@@ -124,12 +125,20 @@ def network(spec):
                                  f"apply to a per-atom ({ATOM_SUM}) network")
             augmentation = kwargs["group"]
             continue
+        if name == "SO3Pool" and "quadrature" in kwargs:
+            kwargs = dict(kwargs)
+            quadrature = kwargs.pop("quadrature")
         try:
             layers.append(_layer_constructor(name)(**_frozen(kwargs)))
         except (TypeError, ValueError) as e:
             raise ValueError(f"architecture layer {position} ({name}): {e}") from None
-    combine = so3_serial if any(next(iter(e)) in SO3_LAYERS for e in spec) else serial
-    init_fn, apply_fn, kernel_fn = combine(*layers)
+    if any(next(iter(e)) in SO3_LAYERS for e in spec):
+        try:
+            init_fn, apply_fn, kernel_fn = so3_serial(*layers, quadrature=quadrature)
+        except ValueError as e:
+            raise ValueError(f"architecture SO3Pool: {e}") from None
+    else:
+        init_fn, apply_fn, kernel_fn = serial(*layers)
     if atom_sum:
         return AtomSum(init_fn, apply_fn, kernel_fn)
     if augmentation is not None:

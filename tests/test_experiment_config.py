@@ -87,7 +87,8 @@ BAD = {
     "qm9 unknown option": (lambda c: c["data"].update(source="qm9", options={"size": 3}, test_transform=None), [],
                            r"data.options: unknown key\(s\) \['size'\] for source qm9"),
     "training size too large": (_set(["data", "train_sizes"], [5000]), [],
-                                "largest training size 5000 plus validation_size 0 and test_size 10 exceeds the 1797 examples"),
+                                "largest training size 5000 plus validation_size 0 and test_size 10 "
+                                "exceeds the 1797 examples"),
     "negative ridge": (None, ["solver.diag_reg=[-1]"], r"solver.diag_reg\[0\]: must be >= 0"),
     "negative time": (None, ["solver.times=[1, -2]"], r"solver.times\[1\]: must be >= 0"),
     "unknown kind": (None, ["kinds=[gp]"], r"kinds\[0\]: must be one of \['nngp', 'ntk'\]"),

@@ -195,9 +195,12 @@ def test_check_convergence_command_logs_a_falling_error_and_a_plot(tmp_path, tra
     assert run.data.tags["raygram.check"] == "convergence"
 
 
-def test_qm9_regression_chooses_the_ridge_on_validation(ray_address, tracking, tmp_path):
-    """QM9 through the same path: per-atom MLP summed over atoms, U0 minus the per-element fit of
-    each training set, MAE in kcal/mol on held-out molecules, ridge chosen on the validation split."""
+def test_qm9_so3_kernel_beats_the_mlp_kernel_which_beats_the_linear_baseline(ray_address, tracking, tmp_path):
+    """configs/qm9.yaml at the sizes CI affords (grid bandwidth 2, 40 and 120 training molecules,
+    80 held out, fixed seed): per-atom networks summed over atoms, U0 minus the per-element fit of
+    each training set, MAE in kcal/mol, ridge chosen on the validation split. At every size and for
+    NTK and NNGP, the SO(3) kernel's MAE < the MLP kernel's < the per-element linear baseline's
+    (measured: SO(3) 8.6 / 5.7, MLP 17.3 / 14.4, linear 17.7 / 16.5 for the NTK at 40 / 120)."""
     import mlflow
 
     from raygram.runner import validated
@@ -208,17 +211,23 @@ def test_qm9_regression_chooses_the_ridge_on_validation(ray_address, tracking, t
         f"tracking.uri={tracking}", "tracking.experiment=qm9-test"])
     result = run_experiment(config, progress=False)
     records = result["records"]
-    assert {r["kernel"] for r in records} == {"mlp"} and all(r["mae"] > 0 for r in records)
-    assert len(records) == 2 * 2 * len(config["solver"]["diag_reg"])  # sizes x kinds x ridges (t = inf)
+    assert {r["kernel"] for r in records} == {"so3", "mlp"} and all(r["mae"] > 0 for r in records)
+    assert len(records) == 2 * 2 * 2 * len(config["solver"]["diag_reg"])  # kernels x sizes x kinds x ridges
     chosen = validated(records, "regression")
-    assert len(chosen) == 2 * 2
+    assert len(chosen) == 2 * 2 * 2
     for r in chosen:
-        same = [q for q in records if (q["kind"], q["train_size"]) == (r["kind"], r["train_size"])]
+        same = [q for q in records if (q["kernel"], q["kind"], q["train_size"]) ==
+                (r["kernel"], r["kind"], r["train_size"])]
         assert r["validation_mae"] == min(q["validation_mae"] for q in same)
-    mae = {(r["kind"], r["train_size"]): r["mae"] for r in chosen}
-    assert mae[("ntk", 120)] < mae[("ntk", 40)], mae
+    mae = {(r["kernel"], r["kind"], r["train_size"]): r["mae"] for r in chosen}
+    baseline = {r["train_size"]: r["baseline_mae"] for r in records}
+    for kind in ("ntk", "nngp"):
+        for size in (40, 120):
+            assert mae[("so3", kind, size)] < mae[("mlp", kind, size)] < baseline[size], (kind, size, mae, baseline)
+        assert mae[("so3", kind, 120)] < mae[("so3", kind, 40)], mae
     client = mlflow.MlflowClient(tracking)
     plots = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
     assert "plots/mae_vs_train_size_ntk_validated.png" in plots
     children = _runs(tracking, "qm9-test", parent=result["run_id"])
+    assert {c.data.tags.get("raygram.kernel") for c in children} >= {"so3", "mlp"}
     assert any(k.startswith("mae/ntk/") for c in children for k in c.data.metrics)

@@ -33,41 +33,19 @@ expect), O(L⁶) per pair of inputs:
 
 then W_std² · (·) + b_std² and Θ' = W_std² · (same map on Θ) + K' (neural-tangents' rules).
 
-Fast path (`so3_serial`). The law of a filter is invariant under rotating it
-(ψ ↦ ψ(h⁻¹ ·) keeps i.i.d. coefficients i.i.d.: D_l(h) is orthogonal), and out_ψ(R h) =
-out_{ψ(h⁻¹ ·)}(R), so K(R h, R' h) = K(R, R') for all h, i.e. K(R, R') = k(R R'⁻¹) with
-k(M) = K(M, e), for *any* two inputs, after every lifting or group convolution (in the
-formulas above, D_l(R) D_l(R')ᵀ = D_l(R R'⁻¹)). A pointwise nonlinearity maps k to
-F(k(·); k₁(e), k₂(e)), again a function of R R'⁻¹ (the variances k(e) are constant on the
-group), and biases add constants. So one function on SO(3) per pair of inputs suffices,
-O(L³):
-
-    lifting  k(M) = Σ_l ⟨C_l, D_l(M)⟩           (spherical cross-correlation of the inputs)
-    conv     k'(M) = Σ_l (2l+1) ⟨k̂_l, D_l(M)⟩,  k̂_l = mean_U D_l(U) k(U)  (low pass, degree < B)
-    pool     mean_U k(U)
-
-k is stored at P = 1 + (2L)³ rotations: the identity e (not a grid point), then the grid.
-This holds for global filters whose coefficient law is rotation invariant (here: i.i.d.,
-flat spectrum) and i.i.d. across channels, with pointwise layers in between; it fails for
-localised or grid-defined filters, or spectra that are not a function of l alone.
-Without a nonlinearity the fast path equals the direct one to round-off. With one, the
-direct path's double quadrature over pairs of grid points and the fast path's single
-quadrature over relative rotations are two discretisations of the same Haar integral of
-F∘k, which is not band-limited: they differ by its quadrature error, 1e-5 to 1e-3 for a
-grid bandwidth L = B, decaying fast when L oversamples B (≈ 1e-8 at L = 2B; tested).
-The finite network uses the direct path's quadrature.
+Fast path: `raygram.kernels.so3_relative.so3_serial` carries the same kernels as one
+function of the relative rotation per pair of inputs (O(L³) memory) with these very
+quadratures, so its values equal this direct recursion's.
 """
 from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._neural_tangents import nt, stax
+from .._neural_tangents import stax
 from .planar import _affine_kernel_fn, _init, _layer, _scales
-from .serial import _POINTWISE, pooled_kernel
 from .so3_grid import s2_grid_harmonics, s2_weights, so3_grid_wigner, so3_weights
 
 _PARAMETERIZATIONS = ("ntk", "standard")
@@ -126,14 +104,6 @@ def _grid_wigner(L, band):
     """([D_l on the SO(3) grid, (G, 2l+1, 2l+1)] for l < band, weights (G,)), G = (2L)³."""
     d = [x.reshape((-1,) + x.shape[-2:]) for x in so3_grid_wigner(L, band)]
     return d, so3_weights(L).reshape(-1)
-
-
-@functools.lru_cache(maxsize=None)
-def _relative_wigner(L, band):
-    """([D_l at P = 1 + (2L)³ relative rotations, (P, 2l+1, 2l+1)], weights (P,)); point 0 is e."""
-    d, w = _grid_wigner(L, band)
-    d = [np.concatenate([np.eye(x.shape[-1])[None], x]) for x in d]
-    return d, np.concatenate([[0.], w])
 
 
 @functools.lru_cache(maxsize=None)
@@ -368,172 +338,5 @@ def SO3Pool():
         return k.replace(cov1=pool(k.cov1, cov_ndim), nngp=pool(k.nngp, 2),
                          cov2=pool(k.cov2, cov_ndim), ntk=pool(k.ntk, 2),
                          is_reversed=False, batch_axis=0, channel_axis=1)
-
-    return init_fn, apply_fn, kernel_fn
-
-
-def _relative_synth(coefs, L_out, scale_of_l):
-    """k(M) = Σ_l scale(l) ⟨coef_l, D_l(M)⟩ at the P relative rotations: (*b, n, n) -> (*b, P)."""
-    d, _ = _relative_wigner(L_out, len(coefs))
-    return sum(scale_of_l(l) * jnp.einsum("...cd,pcd->...p", c, d[l])
-               for l, c in enumerate(coefs))
-
-
-def _relative_analysis(k, L_in, band):
-    """k̂_l = mean_U D_l(U) k(U) by the grid quadrature: (*b, P) -> [(*b, 2l+1, 2l+1)]."""
-    d, w = _relative_wigner(L_in, band)
-    k = k * jnp.asarray(w, k.dtype)
-    return [jnp.einsum("pab,...p->...ab", d[l], k) for l in range(band)]
-
-
-def _relative_affine(state, transform, args, fan_in):
-    """W_std² T(·) + b_std² on every relative field; NTK as neural-tangents' Dense/Conv."""
-    w_sq = args["W_std"] ** 2
-    b_sq = 0. if args["b_std"] is None else args["b_std"] ** 2
-    nngp_t = transform(state["nngp"])
-    nngp = w_sq * nngp_t + b_sq
-    ntk = state["ntk"]
-    ntk_t = 0. if ntk is None else transform(ntk)
-    if not state["with_ntk"]:
-        ntk = None
-    elif args["parameterization"] == "ntk":
-        ntk = w_sq * ntk_t + nngp
-    else:
-        ntk = fan_in * nngp_t + w_sq * ntk_t + (0. if args["b_std"] is None else 1.)
-    selfs = [None if s is None else w_sq * transform(s) + b_sq for s in state["self"]]
-    return dict(state, nngp=nngp, ntk=ntk, self=selfs)
-
-
-def _relative_kernel(nngp, ntk, var1, var2, shape1, shape2):
-    """A neural-tangents Kernel holding k(R R'⁻¹) at P points as nngp (N1, N2, P, 1, 1, 1, 1, 1).
-
-    The self-covariances are the variances k(e), with pairs (1, 1) that broadcast.
-    """
-    pairs = (1,) * 6
-
-    def rel(x):
-        return None if x is None else x.reshape(x.shape[:2] + (x.shape[2], 1) + (1,) * 4)
-
-    return nt.Kernel(nngp=rel(nngp), ntk=rel(ntk), cov1=var1.reshape(var1.shape + pairs),
-                     cov2=None if var2 is None else var2.reshape(var2.shape + pairs),
-                     x1_is_x2=var2 is None, is_gaussian=True, is_reversed=False, is_input=False,
-                     diagonal_batch=True, diagonal_spatial=False, shape1=shape1, shape2=shape2,
-                     batch_axis=0, channel_axis=4, mask1=None, mask2=None)
-
-
-def _relative_pointwise(state, kernel_fn, shape1, shape2):
-    """A neural-tangents pointwise layer on the relative fields (cross and self functions)."""
-    selfs = state["self"]
-    k = kernel_fn(_relative_kernel(state["nngp"], state["ntk"], selfs[0][:, 0],
-                                   None if selfs[1] is None else selfs[1][:, 0], shape1, shape2))
-    nngp = k.nngp.reshape(k.nngp.shape[:3])
-    ntk = None if k.ntk is None else k.ntk.reshape(k.ntk.shape[:3])
-
-    def one(s):
-        kk = kernel_fn(_relative_kernel(s[None, None], None, s[:1], None,
-                                        (1,) + shape1[1:], (1,) + shape1[1:]))
-        return kk.nngp.reshape(s.shape)
-
-    return dict(state, nngp=nngp, ntk=ntk,
-                self=[None if s is None else jax.vmap(one)(s) for s in selfs])
-
-
-def _fast_plan(layers):
-    """Index of the SO3Pool in S2Lifting, (SO3Conv | pointwise)*, SO3Pool, head...; else None."""
-    names = [getattr(l[2], "raygram_layer", (None, None))[0] for l in layers]
-    if not names or names[0] != "S2Lifting" or names.count("SO3Pool") != 1:
-        return None
-    pool = names.index("SO3Pool")
-    for layer, name in zip(layers[1:pool], names[1:pool]):
-        if name != "SO3Conv" and (name is not None or layer[2].__name__ not in _POINTWISE):
-            return None
-    return pool
-
-
-def so3_serial(*layers):
-    """Drop-in for `stax.serial(*layers)` whose `kernel_fn` takes the fast relative-rotation path.
-
-    For S2Lifting -> (SO3Conv | pointwise neural-tangents layer)* -> SO3Pool -> head, the
-    kernel is propagated as one function of the relative rotation per pair of inputs
-    (O(L³) instead of O(L⁶); module docstring), plus each input's own function, which the
-    group convolution needs for the variances; the head (any neural-tangents layers after
-    the pooling) then runs on the pooled Kernel. Other stacks, and calls with a Kernel or
-    extra keyword arguments, use `stax.serial`'s direct recursion. Returns
-    `(init_fn, apply_fn, kernel_fn)`; `kernel_fn(x1, x2=None, get=None)`.
-    """
-    init_fn, apply_fn, general_kernel_fn = stax.serial(*layers)
-    pool = _fast_plan(layers)
-    if pool is None:
-        return init_fn, apply_fn, general_kernel_fn
-    head = layers[pool + 1:]
-    head_kernel_fn = stax.serial(*head)[2] if head else stax.Identity()[2]
-
-    @functools.cache
-    def input_shapes(input_shape):
-        """Input shape of every layer up to the pool, from a shape-only trace of the init_fns."""
-        shapes = []
-
-        def trace(key):
-            shape = input_shape
-            for layer in layers[:pool + 1]:
-                shapes.append(shape)
-                shape = layer[0](key, shape)[0]
-            return 0
-
-        jax.eval_shape(trace, jax.random.PRNGKey(0))
-        return shapes
-
-    def pooled(x1, x2, with_ntk):
-        """Pooled (nngp, ntk, var1, var2, channels) by the relative recursion."""
-        shapes = input_shapes(tuple(x1.shape))
-        n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        state = None
-        for layer, shape in zip(layers[:pool], shapes):
-            name, args = getattr(layer[2], "raygram_layer", (None, None))
-            channels = shape[-1]
-            if name == "S2Lifting":
-                l_out, band = _resolve_bands(name, _s2_bandwidth(shape, name), args["bandwidth"],
-                                             args["filter_bandwidth"])
-                f1 = _s2_features(x1, band)
-                f2 = f1 if x2 is None else _s2_features(x2, band)
-
-                def lift(a, b, spec, band=band, l_out=l_out, channels=channels):
-                    coefs = [jnp.einsum(spec, a[..., _slice(l)], b[..., _slice(l)]) / channels
-                             for l in range(band)]
-                    return _relative_synth(coefs, l_out, lambda l: 1.)
-
-                state = _relative_affine(
-                    dict(nngp=lift(f1, f2, "ica,jcb->ijab"), ntk=None, with_ntk=with_ntk,
-                         self=[lift(f1, f1, "ica,icb->iab"),
-                               None if x2 is None else lift(f2, f2, "ica,icb->iab")]),
-                    lambda k: k, args, channels)
-            elif name == "SO3Conv":
-                l_in = _so3_bandwidth(shape, name)
-                l_out, band = _resolve_bands(name, l_in, args["bandwidth"],
-                                             args["filter_bandwidth"])
-
-                def conv(k, l_in=l_in, l_out=l_out, band=band):
-                    return _relative_synth(_relative_analysis(k, l_in, band), l_out,
-                                           lambda l: 2 * l + 1.)
-
-                state = _relative_affine(state, conv, args, channels)
-            else:
-                state = _relative_pointwise(state, layer[2], shape, (n2,) + shape[1:])
-        _, w = _relative_wigner(_so3_bandwidth(shapes[pool], "SO3Pool"), 1)
-        w = jnp.asarray(w, state["nngp"].dtype)
-
-        def mean(k):
-            return None if k is None else k @ w
-
-        return (mean(state["nngp"]), mean(state["ntk"]), mean(state["self"][0]),
-                mean(state["self"][1]), shapes[pool][-1])
-
-    def kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs):
-        if kwargs or not isinstance(x1_or_kernel, (jnp.ndarray, np.ndarray)):
-            return general_kernel_fn(x1_or_kernel, x2, get, **kwargs)
-        x1 = x1_or_kernel
-        names = (get,) if isinstance(get, str) else get
-        nngp, ntk, var1, var2, channels = pooled(x1, x2, names is None or "ntk" in names)
-        return head_kernel_fn(pooled_kernel(nngp, ntk, var1, var2, x1, x2, channels), get=get)
 
     return init_fn, apply_fn, kernel_fn
