@@ -200,7 +200,7 @@ def test_qm9_so3_kernel_beats_the_mlp_kernel_which_beats_the_linear_baseline(ray
     80 held out, fixed seed): per-atom networks summed over atoms, U0 minus the per-element fit of
     each training set, MAE in kcal/mol, ridge chosen on the validation split. At every size and for
     NTK and NNGP, the SO(3) kernel's MAE < the MLP kernel's < the per-element linear baseline's
-    (measured: SO(3) 8.6 / 5.7, MLP 17.3 / 14.4, linear 17.7 / 16.5 for the NTK at 40 / 120)."""
+    (measured: SO(3) 8.6 / 5.7, MLP 17.3 / 14.3, linear 17.7 / 16.5 for the NTK at 40 / 120)."""
     import mlflow
 
     from raygram.runner import validated
