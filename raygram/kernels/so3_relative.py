@@ -205,7 +205,7 @@ def _segment(state, pointwise, L, band_out, quadrature):
               "self1": state["self"][1]}
     fields = {k: None if x is None else _resize(x, band) for k, x in fields.items()}
     batch = {k: None if x is None else x.shape[:-3] for k, x in fields.items()}
-    variances = {k: None if x is None else _variance(x).reshape(-1) for k, x in fields.items()}
+    variances = [None if x is None else _variance(x) for x in (fields["self0"], fields["self1"])]
     by_mn = {k: None if x is None else _by_mn(x) for k, x in fields.items()}
     n1, n2 = state["nngp"].shape[:2]
     n = 2 * L
@@ -224,7 +224,7 @@ def _segment(state, pointwise, L, band_out, quadrature):
                 continue
             out[k] = _synthesise(x, d_mn, e).reshape(batch[k] + (-1,))
         values = dict(nngp=out["nngp"], ntk=out["ntk"], self=[out["self0"], out["self1"]],
-                      var=[variances["self0"], variances["self1"]])
+                      var=variances)
         for layer, shape1, shape2 in pointwise:
             values = _pointwise(values, layer, shape1, shape2)
         return values
