@@ -38,9 +38,8 @@ def main():
     import ray
 
     from raygram._neural_tangents import nt
-    from raygram.architecture import network
-    from raygram.scheduler import build_gram
-    from raygram.store import GramStore
+    from raygram import GramStore, TilingOptions, build_gram
+    from raygram.kernels.architecture import network
 
     x = np.random.default_rng(0).normal(size=(args.n, args.size, args.size, 1))
     spec = architecture(args.size)
@@ -53,7 +52,7 @@ def main():
         folder = tempfile.mkdtemp(prefix="raygram-bench-")
         try:
             start = time.perf_counter()
-            report = build_gram(os.path.join(folder, "gram"), spec, x, workers=workers, progress=False)
+            report = build_gram(os.path.join(folder, "gram"), spec, x, progress=False, tiling=TilingOptions(workers=workers))
             seconds = time.perf_counter() - start
             store = GramStore(os.path.join(folder, "gram"))
             ours = {k: store.gram(k)[...] for k in ("nngp", "ntk")}

@@ -8,9 +8,18 @@ training and 512 test points with raygram, then prints, in one run:
    goal ratio <= 1.2;
 2. CG iterations and time with and without the Nyström preconditioner;
 3. finite-time predictions at 20 values of t: one in-core eigendecomposition and one
-   out-of-core Lanczos basis, vs one dense `scipy.linalg.eigh`.
+   out-of-core Lanczos basis, vs one dense `scipy.linalg.eigh`;
+4. what read verification costs: the reads the solvers make (the whole Gram, K @ X, the
+   test block through dask, 256 rows), each with and without the check, alternating,
+   the fastest of 5 (so that a machine shared with other work loads both alike).
 
-    python benchmarks/solver_speed.py [--n 8192] [--m 512]
+    python benchmarks/solver_speed.py [--n 8192] [--m 512] [--no-verify-reads]
+
+Every read of the stored Gram is verified tile by tile against its checksums;
+`--no-verify-reads` turns that off (through the documented, non-public environment switch
+`RAYGRAM_UNVERIFIED_READS=1`) to measure what verification costs: run it both ways.
+
+Every solve takes one `SolverOptions` (the YAML `solver` section) plus per-call settings.
 """
 from __future__ import annotations
 
@@ -33,21 +42,50 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def read_costs(store, y, repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """{read: (fastest seconds verified, fastest seconds unverified)}, the two modes alternating."""
+    from raygram.solve import GramSource
+
+    rows = np.random.default_rng(1).choice(store.plan.n_train, size=256, replace=False)
+    reads = {"whole Gram (dense)": lambda s: s.dense("ntk"),
+             "K @ X, X (N, 10)": lambda s: s.matmat("ntk", y),
+             "test block @ X (dask)": lambda s: s.cross_matmat("ntk", y),
+             "256 rows": lambda s: s.rows("ntk", rows)}
+    times = {name: ([], []) for name in reads}
+    previous = os.environ.get("RAYGRAM_UNVERIFIED_READS")
+    try:
+        for _ in range(repeats):
+            for mode, value in enumerate(("0", "1")):
+                os.environ["RAYGRAM_UNVERIFIED_READS"] = value
+                source = GramSource.from_store(store)  # views take the switch when made
+                for name, read in reads.items():
+                    times[name][mode].append(timed(lambda read=read: read(source))[1])
+    finally:
+        os.environ.pop("RAYGRAM_UNVERIFIED_READS", None)
+        if previous is not None:
+            os.environ["RAYGRAM_UNVERIFIED_READS"] = previous
+    return {name: (min(v), min(u)) for name, (v, u) in times.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--m", type=int, default=512)
+    parser.add_argument("--no-verify-reads", action="store_true",
+                        help="read the Gram without checking tiles against their checksums (to measure the cost)")
     args = parser.parse_args()
+    if args.no_verify_reads:
+        os.environ["RAYGRAM_UNVERIFIED_READS"] = "1"  # read by every view GramStore makes
 
     import jax
     import ray
     import scipy.linalg
 
     jax.config.update("jax_enable_x64", True)
-    from raygram.gram_source import GramSource
-    from raygram.regression import predict
-    from raygram.scheduler import build_gram
-    from raygram.store import GramStore
+    from raygram.build.scheduler import build_gram
+    from raygram.errors import SolveError
+    from raygram.solve import GramSource, SolverOptions, predict
+    from raygram.store.gram_store import GramStore
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.n + args.m, 32))
@@ -60,12 +98,13 @@ def main():
         ray.shutdown()
         store = GramStore(os.path.join(folder, "gram"), read_only=True)
         print(f"N={args.n}, M={args.m}, 10 outputs, float64, {os.cpu_count()} CPU cores; Gram build "
-              f"{build_s:.1f} s (tile {report.tile_size}, {report.tiles_computed} tiles)")
+              f"{build_s:.1f} s (tile {report.tile_size}, {report.tiles_computed} tiles); reads "
+              + ("NOT verified" if args.no_verify_reads else "verified against the tile checksums"))
         reg = 1e-3
+        solver = SolverOptions(diag_reg=(reg,), times=(float("inf"),), compute_variance=False)
 
         # 1. infinite time
-        ours, dask_s = timed(lambda: predict(store, y, kinds="ntk", diag_reg=reg, method="cholesky",
-                                             compute_variance=False))
+        ours, dask_s = timed(lambda: predict(store, y, solver, kinds="ntk", method="cholesky"))
 
         def dense():
             k = store.gram("ntk").dense()
@@ -85,25 +124,22 @@ def main():
               "stored upper tiles once")
         for rank in (0, 256):
             try:
-                out, cg_s = timed(lambda rank=rank: predict(store, y, kinds="ntk", diag_reg=reg, method="cg",
-                                                            tol=1e-8, preconditioner_rank=rank,
-                                                            compute_variance=False, max_iterations=3000))
+                out, cg_s = timed(lambda rank=rank: predict(store, y, solver, kinds="ntk", method="cg", tol=1e-8,
+                                                            preconditioner_rank=rank, max_iterations=3000))
                 info = out.info["ntk"]["cg"][0]
                 err = np.abs(out.mean["ntk"][0, 0] - reference).max() / np.abs(reference).max()
                 print(f"  preconditioner rank {rank:4d}: {info['iterations']:5d} iterations, {cg_s:7.2f} s "
                       f"({cg_s / info['iterations']:.2f} s/iteration), max rel. diff to Cholesky {err:.1e}")
-            except np.linalg.LinAlgError as e:
+            except SolveError as e:
                 print(f"  preconditioner rank {rank:4d}: {e}")
 
         # 3. finite time: τ·mean eigenvalue from 0.1 to 1e4 (τ = t · learning_rate / y.size)
         mean_eigenvalue = float(GramSource.from_store(store).diagonal("ntk").sum()) / args.n
         times = y.size / mean_eigenvalue * np.logspace(-1, 4, 20)
         _, eigh_only_s = timed(lambda: scipy.linalg.eigh(store.gram("ntk").dense()))
-        in_core, eigh_s = timed(lambda: predict(store, y, kinds="ntk", t=times, diag_reg=reg, method="eigh",
-                                                compute_variance=False))
-        lanczos, lanczos_s = timed(lambda: predict(store, y, kinds="ntk", t=times, diag_reg=reg,
-                                                   method="lanczos", compute_variance=False, tol=1e-8,
-                                                   max_iterations=400))
+        in_core, eigh_s = timed(lambda: predict(store, y, solver, kinds="ntk", times=times, method="eigh"))
+        lanczos, lanczos_s = timed(lambda: predict(store, y, solver, kinds="ntk", times=times, method="lanczos",
+                                                   tol=1e-8, max_iterations=400))
         err = np.abs(lanczos.mean["ntk"] - in_core.mean["ntk"]).max() / np.abs(in_core.mean["ntk"]).max()
         print(f"\nfinite time, NTK mean at 20 times t in [{times[0]:.3g}, {times[-1]:.3g}] "
               "(t * mean eigenvalue / y.size from 0.1 to 1e4)")
@@ -111,6 +147,12 @@ def main():
         print(f"  raygram eigh (in core, 20 t)          {eigh_s:7.2f} s")
         print(f"  raygram Lanczos (out of core, 20 t)   {lanczos_s:7.2f} s, "
               f"{lanczos.info['ntk']['lanczos'][0]['steps']} steps, max rel. diff to eigh {err:.1e}")
+
+        # 4. read verification
+        print("\nreads with and without verification (alternating, fastest of 5)")
+        for name, (verified, plain) in read_costs(store, y).items():
+            print(f"  {name:24s} verified {verified:7.2f} s, unverified {plain:7.2f} s, "
+                  f"ratio {verified / plain:.2f}")
     finally:
         shutil.rmtree(folder)
 

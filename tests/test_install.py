@@ -1,8 +1,11 @@
-"""Packaging promises: no TensorFlow on import, the JAX pin and the CLI."""
+"""Packaging promises: no TensorFlow on import, the two JAX lines and the CLI."""
 import pathlib
 import subprocess
 import sys
 import tomllib
+
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,14 +32,35 @@ def test_experimental_is_loaded_on_demand_or_explains_itself():
     assert out.stdout.strip() == "loaded" or "raygram[tensorflow]" in out.stdout
 
 
-def test_jax_is_pinned_below_0_6_for_neural_tangents():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for name in ("jax", "jaxlib"):
-        spec = next(d for d in deps if d.split(">")[0].split("<")[0].split("=")[0] == name)
-        assert "<0.6" in spec, spec
-    import jax
+def jax_specifiers(requirements):
+    """{name: SpecifierSet} of the jax and jaxlib entries of a requirement list."""
+    found = (Requirement(r) for r in requirements)
+    return {r.name: r.specifier for r in found if r.name in ("jax", "jaxlib")}
 
-    assert tuple(int(p) for p in jax.__version__.split(".")[:2]) < (0, 6)
+
+def test_jax_lines_base_allows_both_and_the_extras_choose_one():
+    # pip cannot lower a base requirement from an extra: the base must admit both tested
+    # lines, `test` (the README's install) picks 0.5.3's and `jax-latest` 0.10's.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    lines = {"base": jax_specifiers(project["dependencies"]), "test": jax_specifiers(extras["test"]),
+             "jax-latest": jax_specifiers(extras["jax-latest"])}
+    # The base also admits the untested lines between (the shim supplies only what is missing).
+    admitted = {"base": {"0.5.3", "0.6.0", "0.10.2"}, "test": {"0.5.3"}, "jax-latest": {"0.10.2"}}
+    for where, specs in lines.items():
+        assert set(specs) == {"jax", "jaxlib"}, where
+        for spec in specs.values():
+            assert {v for v in ("0.5.3", "0.6.0", "0.10.2", "0.11.0") if v in spec} == admitted[where], (where, spec)
+    # `test-tools` is `test` without the JAX pin, for the jax-latest environment.
+    assert extras["test"] == ["raygram[test-tools]", *(r for r in extras["test"] if r.startswith("jax"))]
+
+
+def test_this_environment_runs_a_tested_jax_line():
+    import jax
+    import jaxlib
+
+    assert jax.__version__ == jaxlib.__version__
+    assert Version(jax.__version__).release[:2] in ((0, 5), (0, 10)), jax.__version__
 
 
 def test_cli_lists_its_commands():
@@ -48,4 +72,4 @@ def test_cli_lists_its_commands():
 
 def test_cli_rejects_unknown_commands():
     out = run("-m", "raygram.cli", "bulid")
-    assert out.returncode == 2 and "unknown command 'bulid'" in out.stderr
+    assert out.returncode == 2 and "invalid choice: 'bulid'" in out.stderr

@@ -4,12 +4,12 @@ qm9pack ships qm9_part1.csv … qm9_part3.csv (130,831 molecules, GDB indices 1�
 but `import qm9pack` fails on Python without pkg_resources, so the data folder is found
 from the import spec without importing the package. `Elements` and `XYZ_Ang` are
 bracketed lists written with single quotes and numbers such as `0.`, which JSON
-rejects; they are parsed here with strict patterns instead.
+rejects; they are parsed here with strict patterns instead. Each row becomes a `Molecule`
+(`structures.py`, the type every molecular source yields) with U0 as its energy.
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
 import importlib.util
 import math
 import os
@@ -18,7 +18,11 @@ import re
 
 import numpy as np
 
-HARTREE_TO_KCAL_PER_MOL = 627.509474
+from raygram.data.structures import HARTREE_TO_KCAL_PER_MOL, Molecule
+from raygram.errors import ConfigError
+
+__all__ = ["Molecule", "HARTREE_TO_KCAL_PER_MOL", "QM9_FILES", "qm9_folder", "load_qm9"]
+
 QM9_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 _COLUMNS = ("Index", "N_atoms", "Elements", "XYZ_Ang", "InternalEnergy_0K_au")
 
@@ -29,26 +33,6 @@ _NO_BRACKETS = str.maketrans("", "", "[]")
 _SYMBOL = r"""\s*(?:'[A-Z][a-z]?'|"[A-Z][a-z]?"|[A-Z][a-z]?)\s*"""
 _ELEMENTS = re.compile(rf"\[{_SYMBOL}(?:,{_SYMBOL})*\]")
 _SYMBOLS = re.compile(r"[A-Z][a-z]?")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Molecule:
-    """One QM9 molecule.
-
-    Attributes:
-      elements: element symbols, one per atom, e.g. ("C", "H", "H", "H", "H").
-      positions: float64 (atoms, 3), Ångström.
-      u0: internal energy at 0 K, Hartree (× HARTREE_TO_KCAL_PER_MOL for kcal/mol).
-      index: the GDB-9 index (1 for methane).
-    """
-
-    elements: tuple[str, ...]
-    positions: np.ndarray
-    u0: float
-    index: int
-
-    def __repr__(self) -> str:
-        return f"Molecule(index={self.index}, {''.join(self.elements)}, u0={self.u0})"
 
 
 def qm9_folder() -> pathlib.Path:
@@ -71,11 +55,11 @@ def load_qm9(limit: int | None = None, folder: str | os.PathLike | None = None) 
     """Molecules of qm9_part1..3.csv in file order; with `limit`, only the first `limit`.
 
     Reading stops once `limit` molecules are parsed, so small limits are fast. `folder`
-    defaults to `qm9_folder()`. A malformed row raises ValueError naming the file, line,
+    defaults to `qm9_folder()`. A malformed row raises ConfigError naming the file, line,
     Index and column.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}.")
+        raise ConfigError(f"limit must be a non-negative int or None, got {limit!r}.")
     folder = qm9_folder() if folder is None else pathlib.Path(folder)
     files = [folder / name for name in QM9_FILES]
     missing = [str(f) for f in files if not f.is_file()]
@@ -89,8 +73,8 @@ def load_qm9(limit: int | None = None, folder: str | os.PathLike | None = None) 
             reader = csv.DictReader(handle)
             absent = [c for c in _COLUMNS if c not in (reader.fieldnames or ())]
             if absent:
-                raise ValueError(f"{file.name}: no column(s) {', '.join(absent)} in the header "
-                                 f"{reader.fieldnames}.")
+                raise ConfigError(f"{file.name}: no column(s) {', '.join(absent)} in the header "
+                                  f"{reader.fieldnames}.")
             for row in reader:
                 if limit is not None and len(molecules) >= limit:
                     break
@@ -99,11 +83,11 @@ def load_qm9(limit: int | None = None, folder: str | os.PathLike | None = None) 
 
 
 def _molecule(row: dict, where: str) -> Molecule:
-    def fail(column: str, reason: str) -> ValueError:
+    def fail(column: str, reason: str) -> ConfigError:
         value = row.get(column)
         shown = value if value is None or len(value) <= 60 else value[:57] + "..."
-        return ValueError(f"{where} (Index {row.get('Index')!r}), column {column!r}: {reason}; "
-                          f"value {shown!r}.")
+        return ConfigError(f"{where} (Index {row.get('Index')!r}), column {column!r}: {reason}; "
+                           f"value {shown!r}.")
 
     try:
         index = int(row["Index"])

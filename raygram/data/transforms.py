@@ -5,6 +5,8 @@ import operator
 
 import numpy as np
 
+from raygram.errors import ConfigError
+
 
 def split(n: int, train_size: int, test_size: int, seed: int,
           labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -24,11 +26,11 @@ def split(n: int, train_size: int, test_size: int, seed: int,
     """
     n, train_size, test_size = (operator.index(v) for v in (n, train_size, test_size))
     if train_size < 1 or test_size < 1:
-        raise ValueError(f"train_size and test_size must be >= 1, got train_size={train_size}, "
-                         f"test_size={test_size}.")
+        raise ConfigError(f"train_size and test_size must be >= 1, got train_size={train_size}, "
+                          f"test_size={test_size}.")
     if train_size + test_size > n:
-        raise ValueError(f"train_size + test_size = {train_size} + {test_size} = "
-                         f"{train_size + test_size} exceeds the n={n} examples.")
+        raise ConfigError(f"train_size + test_size = {train_size} + {test_size} = "
+                          f"{train_size + test_size} exceeds the n={n} examples.")
     rng = np.random.default_rng(seed)
     if labels is None:
         order = rng.permutation(n)
@@ -37,7 +39,7 @@ def split(n: int, train_size: int, test_size: int, seed: int,
     else:
         labels = np.asarray(labels)
         if labels.shape != (n,):
-            raise ValueError(f"labels must have shape (n,) = ({n},), got {labels.shape}.")
+            raise ConfigError(f"labels must have shape (n,) = ({n},), got {labels.shape}.")
         classes, inverse = np.unique(labels, return_inverse=True)
         counts = np.bincount(inverse, minlength=len(classes))
         quota = test_size * counts // n
@@ -65,7 +67,7 @@ def random_group_actions(x: np.ndarray, group: str, seed: int) -> np.ndarray:
 
     x = np.asarray(x)
     if x.ndim != 4:
-        raise ValueError(f"images must have shape (N, H, W, C), got {x.shape}.")
+        raise ConfigError(f"images must have shape (N, H, W, C), got {x.shape}.")
     g = get_group(group)
     g.check_square(x.shape[1], x.shape[2], "images")
     elements = np.random.default_rng(seed).integers(g.order, size=len(x))
@@ -84,7 +86,7 @@ def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, .
     """
     x_train = np.asarray(x_train, dtype=np.float64)
     if x_train.ndim < 2 or len(x_train) == 0:
-        raise ValueError(f"x_train must have shape (N, ..., C) with N >= 1, got {x_train.shape}.")
+        raise ConfigError(f"x_train must have shape (N, ..., C) with N >= 1, got {x_train.shape}.")
     axes = tuple(range(x_train.ndim - 1))
     mean = x_train.mean(axis=axes)
     std = x_train.std(axis=axes)
@@ -93,7 +95,7 @@ def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, .
     for i, x in enumerate((x_train, *others)):
         x = np.asarray(x, dtype=np.float64)
         if x.shape[-1:] != mean.shape:
-            raise ValueError(f"array {i} has {x.shape[-1] if x.ndim else 0} channel(s) "
-                             f"(shape {x.shape}); x_train has {len(mean)}.")
+            raise ConfigError(f"array {i} has {x.shape[-1] if x.ndim else 0} channel(s) "
+                              f"(shape {x.shape}); x_train has {len(mean)}.")
         out.append((x - mean) / std)
     return tuple(out)

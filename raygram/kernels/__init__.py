@@ -1,14 +1,18 @@
 """Equivariant NNGP/NTK layers in neural-tangents' stax style."""
-from .groups import GROUP_NAMES, PlanarGroup, get_group, orbit, transform_images
-from .augmentation import augmented_kernel_fn
-from .planar import GroupConv, GroupPool, LiftingConv, transform_feature_maps
-from .serial import serial
-from .so3 import S2Lifting, SO3Conv, SO3Pool
-from .so3_relative import so3_serial
+from raygram.kernels.groups import GROUP_NAMES, PlanarGroup, as_group, get_group, orbit, transform_images
+from raygram.kernels.augmentation import augmented_kernel_fn
+from raygram.kernels.planar import GroupConv, GroupPool, LiftingConv, transform_feature_maps
+from raygram.kernels.serial import serial
+from raygram.kernels.so3 import S2Lifting, SO3Conv, SO3Pool
+from raygram.kernels.so3_relative import so3_serial
 
 __all__ = [
-    "GROUP_NAMES", "PlanarGroup", "get_group", "orbit", "transform_images",
-    "LiftingConv", "GroupConv", "GroupPool", "transform_feature_maps",
-    "augmented_kernel_fn", "serial", "S2Lifting", "SO3Conv", "SO3Pool",
-    "so3_serial",
+    # planar groups (groups.py)
+    "GROUP_NAMES", "PlanarGroup", "get_group", "as_group", "orbit", "transform_images",
+    # planar group layers (planar.py) and their fast serial (serial.py)
+    "LiftingConv", "GroupConv", "GroupPool", "transform_feature_maps", "serial",
+    # full data augmentation (augmentation.py)
+    "augmented_kernel_fn",
+    # SO(3) layers (so3.py) and their fast serial (so3_relative.py)
+    "S2Lifting", "SO3Conv", "SO3Pool", "so3_serial",
 ]

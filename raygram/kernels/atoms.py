@@ -16,19 +16,22 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from raygram.errors import ConfigError
+
 
 def pad_molecules(per_atom: list[np.ndarray], atoms: int | None = None) -> np.ndarray:
     """Stack molecules' per-atom arrays [(A_m, *atom, C)] into (N, A, *atom, C + 1) with a mask channel."""
     if not per_atom:
-        raise ValueError("pad_molecules needs at least one molecule")
+        raise ConfigError("pad_molecules needs at least one molecule")
     shapes = {a.shape[1:] for a in per_atom}
     if len(shapes) != 1:
-        raise ValueError(f"every atom must have the same feature shape, got {sorted(shapes)}")
+        raise ConfigError(f"every atom must have the same feature shape, got {sorted(shapes)}")
     if any(len(a) == 0 for a in per_atom):
-        raise ValueError(f"molecule {next(i for i, a in enumerate(per_atom) if len(a) == 0)} has no atoms")
-    atoms = max(len(a) for a in per_atom) if atoms is None else atoms
-    if atoms < max(len(a) for a in per_atom):
-        raise ValueError(f"atoms={atoms} is fewer than the largest molecule's {max(len(a) for a in per_atom)}")
+        raise ConfigError(f"molecule {next(i for i, a in enumerate(per_atom) if len(a) == 0)} has no atoms")
+    largest = max(len(a) for a in per_atom)
+    atoms = largest if atoms is None else atoms
+    if atoms < largest:
+        raise ConfigError(f"atoms={atoms} is fewer than the largest molecule's {largest}")
     (shape,) = shapes
     out = np.zeros((len(per_atom), atoms) + shape[:-1] + (shape[-1] + 1,))
     for m, a in enumerate(per_atom):
@@ -40,7 +43,7 @@ def pad_molecules(per_atom: list[np.ndarray], atoms: int | None = None) -> np.nd
 def _split(x):
     """(atoms (N·A, *atom, C), mask (N, A)) of padded molecules (N, A, *atom, C + 1)."""
     if x.ndim < 3:
-        raise ValueError(f"molecules must be (N, atoms, ..., channels + mask), got shape {x.shape}")
+        raise ConfigError(f"molecules must be (N, atoms, ..., channels + mask), got shape {x.shape}")
     mask = x[(slice(None), slice(None)) + (0,) * (x.ndim - 3) + (-1,)]
     atoms = x[..., :-1].reshape((-1,) + x.shape[2:-1] + (x.shape[-1] - 1,))
     return atoms, mask

@@ -15,7 +15,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .groups import PlanarGroup, get_group, orbit
+from raygram.config import KINDS
+from raygram.errors import ConfigError
+from raygram.kernels.groups import PlanarGroup, as_group, orbit
 
 
 def orbit_mean(kernel_fn, x1, x2, get, group: PlanarGroup):
@@ -37,16 +39,16 @@ def augmented_kernel_fn(kernel_fn, group: str | PlanarGroup):
     tuple, as in neural-tangents); it returns (N1, N2) arrays at the cost of |G| plain
     kernels.
     """
-    group = get_group(group) if isinstance(group, str) else group
+    group = as_group(group)
 
     def aug_kernel_fn(x1, x2=None, get=None, **kwargs):
         names = (get,) if isinstance(get, str) else get
-        if not names or any(n not in ("nngp", "ntk") for n in names):
-            raise ValueError(f"augmented kernels support get='nngp', 'ntk' or both, got {get!r}.")
+        if not names or any(n not in KINDS for n in names):
+            raise ConfigError(f"augmented kernels support get='nngp', 'ntk' or both, got {get!r}.")
         shape2 = x1.shape if x2 is None else x2.shape
         if x1.ndim != 4 or len(shape2) != 4:
-            raise ValueError(f"augmentation acts on images (N, H, W, C); got x1 {x1.shape}, "
-                             f"x2 {shape2}.")
+            raise ConfigError(f"augmentation acts on images (N, H, W, C); got x1 {x1.shape}, "
+                              f"x2 {shape2}.")
         return orbit_mean(lambda a, b, g: kernel_fn(a, b, g, **kwargs), x1, x2, get, group)
 
     return aug_kernel_fn

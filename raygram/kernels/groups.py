@@ -18,6 +18,8 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 
+from raygram.errors import ConfigError
+
 _R90 = ((0, -1), (1, 0))       # rotation by +90°
 _FLIP = ((1, 0), (0, -1))      # reflection j -> -j (mirror left/right)
 
@@ -63,7 +65,7 @@ class PlanarGroup:
     def check_square(self, height: int, width: int, what: str) -> None:
         """Raise if the group cannot act on an H×W grid of `what`."""
         if self.swaps_axes and height != width:
-            raise ValueError(
+            raise ConfigError(
                 f"group {self.name!r} rotates by 90 degrees, which maps the grid onto itself "
                 f"only when it is square; got {what} of spatial shape ({height}, {width})."
             )
@@ -99,11 +101,16 @@ def get_group(name: str) -> PlanarGroup:
         raise TypeError(f"group must be a group name (str), got {type(name).__name__}.")
     key = _ALIASES.get(name, name)
     if key not in _GENERATORS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown group {name!r}: raygram knows {sorted(_GENERATORS)} (aliases "
             f"{sorted(_ALIASES)}). Only subgroups of D4 act exactly on a pixel grid."
         )
     return _build(key)
+
+
+def as_group(group: PlanarGroup | str) -> PlanarGroup:
+    """`group` itself if it is a `PlanarGroup`, else the group it names (`get_group`)."""
+    return get_group(group) if isinstance(group, str) else group
 
 
 @functools.cache
@@ -139,12 +146,12 @@ def pullback(x, matrix: np.ndarray, axes: tuple[int, int]):
 
 def transform_images(x, group: PlanarGroup | str, g: int):
     """(g·x)(q) = x(g⁻¹ q) for images x of shape (N, H, W, C)."""
-    group = get_group(group) if isinstance(group, str) else group
+    group = as_group(group)
     group.check_square(x.shape[1], x.shape[2], "images")
     return pullback(x, group.matrices[group.inverse[g]], (1, 2))
 
 
 def orbit(x, group: PlanarGroup | str):
     """All transformed copies of images x (N, H, W, C): shape (|G|, N, H, W, C)."""
-    group = get_group(group) if isinstance(group, str) else group
+    group = as_group(group)
     return jnp.stack([transform_images(x, group, g) for g in range(group.order)])

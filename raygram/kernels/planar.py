@@ -29,48 +29,47 @@ the reference the relative form is tested against.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax, random
+from jax import lax
 
-from .._neural_tangents import stax
-from .groups import PlanarGroup, get_group, pullback
+from raygram.errors import ConfigError
+from raygram.kernels.groups import PlanarGroup, as_group, get_group, pullback
+from raygram.kernels.stax_layers import (affine_kernel_fn, check_in_chan, check_out_chan,
+                                         check_parameterization, init_params, param_scales,
+                                         recorded_layer, requires_full_covariance,
+                                         requires_full_covariance_pooled)
 
 _PADDINGS = ("VALID", "SAME", "CIRCULAR")
 _COVARIANCES = ("relative", "full")
-_PARAMETERIZATIONS = ("ntk", "standard")
 
 
 def _check_layer_args(out_chan, filter_shape, group, padding, parameterization, covariance):
     """Validate constructor arguments; return (PlanarGroup, filter_shape, padding)."""
     group = get_group(group)
-    if not isinstance(out_chan, (int, np.integer)) or out_chan < 1:
-        raise ValueError(f"out_chan must be a positive integer, got {out_chan!r}.")
+    check_out_chan(out_chan)
     filter_shape = tuple(filter_shape)
     if len(filter_shape) != 2 or not all(isinstance(k, (int, np.integer)) and k >= 1
                                          for k in filter_shape):
-        raise ValueError(f"filter_shape must be two positive integers (kh, kw), got {filter_shape!r}.")
+        raise ConfigError(f"filter_shape must be two positive integers (kh, kw), got {filter_shape!r}.")
     if group.swaps_axes and filter_shape[0] != filter_shape[1]:
-        raise ValueError(
+        raise ConfigError(
             f"filter_shape {filter_shape} is not square, but group {group.name!r} rotates "
             "filters by 90 degrees: use kh == kw."
         )
     padding = str(padding).upper()
     if padding not in _PADDINGS:
-        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}.")
+        raise ConfigError(f"padding must be one of {_PADDINGS}, got {padding!r}.")
     if padding in ("SAME", "CIRCULAR") and any(k % 2 == 0 for k in filter_shape):
-        raise ValueError(
+        raise ConfigError(
             f"filter_shape {filter_shape} has an even size: with padding {padding!r} the padding "
             "is asymmetric and breaks the group action; use odd filter sizes (or padding='VALID')."
         )
-    if parameterization not in _PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {_PARAMETERIZATIONS}, got {parameterization!r}.")
+    check_parameterization(parameterization)
     if covariance not in _COVARIANCES:
-        raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}.")
+        raise ConfigError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}.")
     return group, filter_shape, padding
 
 
@@ -112,7 +111,7 @@ def _check_group_pair(group: PlanarGroup, cov, batch_ndim):
     """Validate the trailing group pair: (|G|, 1) / (1, 1) relative, (|G|, |G|) full."""
     pair = cov.shape[batch_ndim + 4:]
     if pair not in ((group.order, 1), (1, 1), (group.order, group.order)):
-        raise ValueError(
+        raise ConfigError(
             f"expected a kernel over group {group.name!r} (group axes of shape ({group.order}, 1) "
             f"or ({group.order}, {group.order})), got trailing axes {pair}: is the input of this "
             "layer the output of a LiftingConv/GroupConv of the same group?")
@@ -154,34 +153,6 @@ def _group_conv_cov(cov, group, filter_shape, padding, batch_ndim):
     return jnp.stack(rows, -2)
 
 
-def _affine_kernel_fn(k, propagate, W_std, b_std, parameterization, fan_in):
-    """Apply a linear covariance map `propagate(cov, batch_ndim, is_self_cov)` to a Kernel.
-
-    Follows neural-tangents' Conv: NNGP W_std²·P(K) + b_std², NTK W_std²·P(Θ) + NNGP
-    (parameterization "ntk"; "standard" adds fan_in·P(K) and 1 for the bias instead).
-    """
-    if k.is_reversed:
-        k = k.reverse()
-    b_sq = 0. if b_std is None else b_std ** 2
-
-    def self_cov(cov, batch_ndim):
-        return None if cov is None else W_std ** 2 * propagate(cov, batch_ndim, True) + b_sq
-
-    cov_ndim = 1 if k.diagonal_batch else 2
-    cov1, cov2 = self_cov(k.cov1, cov_ndim), self_cov(k.cov2, cov_ndim)
-    nngp_unscaled = propagate(k.nngp, 2, False)
-    nngp = W_std ** 2 * nngp_unscaled + b_sq
-    ntk = k.ntk
-    if ntk is not None:
-        ntk_in = propagate(ntk, 2, False) if jnp.ndim(ntk) else ntk
-        if parameterization == "ntk":
-            ntk = W_std ** 2 * ntk_in + nngp
-        else:
-            ntk = fan_in * nngp_unscaled + W_std ** 2 * ntk_in + (0. if b_std is None else 1.)
-    return k.replace(cov1=cov1, nngp=nngp, cov2=cov2, ntk=ntk, is_gaussian=True,
-                     is_reversed=False, is_input=False, batch_axis=0, channel_axis=4)
-
-
 def _conv(x, w, padding, filter_shape):
     """Stride-1 NHWC cross-correlation with VALID / SAME / CIRCULAR padding."""
     if padding == "CIRCULAR":
@@ -191,56 +162,21 @@ def _conv(x, w, padding, filter_shape):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _init(rng, w_shape, out_chan, b_std, W_std, fan_in, parameterization):
-    k1, k2 = random.split(rng)
-    W = random.normal(k1, w_shape)
-    b = None if b_std is None else random.normal(k2, (out_chan,))
-    if parameterization == "standard":
-        W = W * W_std / np.sqrt(fan_in)
-        b = None if b is None else b * b_std
-    return W, b
-
-
-def _scales(W_std, b_std, fan_in, parameterization):
-    if parameterization == "ntk":
-        return W_std / np.sqrt(fan_in), b_std
-    return 1., 1.
-
-
-def _layer(layer_fn):
-    """`stax.layer`, plus `kernel_fn.raygram_layer = (name, bound arguments)`.
-
-    `raygram.kernels.serial` reads it to recognise group layers and build their CNN twins.
-    """
-    nt_layer = stax.layer(layer_fn)
-    signature = inspect.signature(layer_fn)
-
-    @functools.wraps(layer_fn)
-    def public(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        init_fn, apply_fn, kernel_fn = nt_layer(*args, **kwargs)
-        kernel_fn.raygram_layer = (layer_fn.__name__, dict(bound.arguments))
-        return init_fn, apply_fn, kernel_fn
-
-    return public
-
-
 def _check_rank(shape, rank, layer, what):
     if len(shape) != rank:
-        raise ValueError(f"{layer} expects {what} of rank {rank}, got input shape {tuple(shape)}.")
+        raise ConfigError(f"{layer} expects {what} of rank {rank}, got input shape {tuple(shape)}.")
 
 
 def _output_hw(input_shape, filter_shape, padding, layer):
     h, w = input_shape[1], input_shape[2]
     ho, wo = _out_size(h, filter_shape[0], padding), _out_size(w, filter_shape[1], padding)
     if ho < 1 or wo < 1:
-        raise ValueError(f"{layer}: filter_shape {filter_shape} is larger than the input "
-                         f"({h}, {w}) with padding 'VALID'.")
+        raise ConfigError(f"{layer}: filter_shape {filter_shape} is larger than the input "
+                          f"({h}, {w}) with padding 'VALID'.")
     return ho, wo
 
 
-@_layer
+@recorded_layer
 def LiftingConv(out_chan: int,
                 filter_shape: Sequence[int],
                 group: str = "C4",
@@ -265,17 +201,15 @@ def LiftingConv(out_chan: int,
         _check_rank(input_shape, 4, name, "images (N, H, W, C)")
         group.check_square(input_shape[1], input_shape[2], f"{name} inputs")
         ho, wo = _output_hw(input_shape, filter_shape, padding, name)
-        params = _init(rng, filter_shape + (input_shape[-1], out_chan), out_chan, b_std, W_std,
-                       fan_in_of(input_shape), parameterization)
+        params = init_params(rng, filter_shape + (input_shape[-1], out_chan), out_chan, b_std,
+                             W_std, fan_in_of(input_shape), parameterization)
         return (input_shape[0], ho, wo, group.order, out_chan), params
 
     def apply_fn(params, inputs, **kwargs):
         W, b = params
         _check_rank(inputs.shape, 4, name, "images (N, H, W, C)")
-        if inputs.shape[-1] != W.shape[2]:
-            raise ValueError(f"{name}: inputs have {inputs.shape[-1]} channels but the parameters "
-                             f"were initialised for {W.shape[2]} (in_chan mismatch).")
-        w_scale, b_scale = _scales(W_std, b_std, fan_in_of(inputs.shape), parameterization)
+        check_in_chan(name, inputs.shape[-1], W.shape[2])
+        w_scale, b_scale = param_scales(W_std, b_std, fan_in_of(inputs.shape), parameterization)
         bank = jnp.stack([pullback(W, group.matrices[group.inverse[g]], (0, 1))
                           for g in range(group.order)], axis=3)        # (kh, kw, C, G, out)
         bank = bank.reshape(filter_shape + (W.shape[2], group.order * out_chan))
@@ -283,24 +217,23 @@ def LiftingConv(out_chan: int,
         out = out.reshape(out.shape[:3] + (group.order, out_chan))
         return out if b is None else out + b_scale * b
 
-    @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.NO))
+    @requires_full_covariance
     def kernel_fn(k, **kwargs):
         if len(k.shape1) != 4:
-            raise ValueError(f"{name} expects images (N, H, W, C) as input, got shape {k.shape1}.")
+            raise ConfigError(f"{name} expects images (N, H, W, C) as input, got shape {k.shape1}.")
         group.check_square(k.shape1[1], k.shape1[2], f"{name} inputs")
 
         def propagate(cov, batch_ndim, is_self_cov):
             blocks = 1 if is_self_cov else group.order
             return _lift_cov(cov, group, filter_shape, padding, covariance, batch_ndim, blocks)
 
-        return _affine_kernel_fn(k, propagate, W_std, b_std, parameterization,
-                                 fan_in_of(k.shape1))
+        return affine_kernel_fn(k, propagate, W_std, b_std, parameterization,
+                                fan_in_of(k.shape1))
 
     return init_fn, apply_fn, kernel_fn
 
 
-@_layer
+@recorded_layer
 def GroupConv(out_chan: int,
               filter_shape: Sequence[int],
               group: str = "C4",
@@ -325,24 +258,22 @@ def GroupConv(out_chan: int,
     def check_input(shape):
         _check_rank(shape, 5, name, f"group feature maps (N, H, W, {n}, C)")
         if shape[3] != n:
-            raise ValueError(f"{name}: group axis of the input has size {shape[3]}, but group "
-                             f"{group.name!r} has {n} elements (group mismatch).")
+            raise ConfigError(f"{name}: group axis of the input has size {shape[3]}, but group "
+                              f"{group.name!r} has {n} elements (group mismatch).")
         group.check_square(shape[1], shape[2], f"{name} inputs")
 
     def init_fn(rng, input_shape):
         check_input(input_shape)
         ho, wo = _output_hw(input_shape, filter_shape, padding, name)
-        params = _init(rng, filter_shape + (n, input_shape[-1], out_chan), out_chan, b_std, W_std,
-                       fan_in_of(input_shape), parameterization)
+        params = init_params(rng, filter_shape + (n, input_shape[-1], out_chan), out_chan, b_std,
+                             W_std, fan_in_of(input_shape), parameterization)
         return (input_shape[0], ho, wo, n, out_chan), params
 
     def apply_fn(params, inputs, **kwargs):
         psi, b = params
         check_input(inputs.shape)
-        if inputs.shape[-1] != psi.shape[3]:
-            raise ValueError(f"{name}: inputs have {inputs.shape[-1]} channels but the parameters "
-                             f"were initialised for {psi.shape[3]} (in_chan mismatch).")
-        w_scale, b_scale = _scales(W_std, b_std, fan_in_of(inputs.shape), parameterization)
+        check_in_chan(name, inputs.shape[-1], psi.shape[3])
+        w_scale, b_scale = param_scales(W_std, b_std, fan_in_of(inputs.shape), parameterization)
         # Filter for output element r: Ψ_r[v, t] = ψ[r⁻¹·v, r⁻¹ t].
         bank = jnp.stack([pullback(psi, group.matrices[group.inverse[r]], (0, 1))
                           [:, :, group.table[group.inverse[r]]] for r in range(n)], axis=4)
@@ -353,23 +284,22 @@ def GroupConv(out_chan: int,
         out = out.reshape(out.shape[:3] + (n, out_chan))
         return out if b is None else out + b_scale * b
 
-    @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.NO))
+    @requires_full_covariance
     def kernel_fn(k, **kwargs):
         if len(k.shape1) != 5 or k.shape1[3] != n:
-            raise ValueError(f"{name} expects group feature maps (N, H, W, {n}, C) of group "
-                             f"{group.name!r} as input, got shape {k.shape1}.")
+            raise ConfigError(f"{name} expects group feature maps (N, H, W, {n}, C) of group "
+                              f"{group.name!r} as input, got shape {k.shape1}.")
 
         def propagate(cov, batch_ndim, is_self_cov):
             return _group_conv_cov(cov, group, filter_shape, padding, batch_ndim)
 
-        return _affine_kernel_fn(k, propagate, W_std, b_std, parameterization,
-                                 fan_in_of(k.shape1))
+        return affine_kernel_fn(k, propagate, W_std, b_std, parameterization,
+                                fan_in_of(k.shape1))
 
     return init_fn, apply_fn, kernel_fn
 
 
-@_layer
+@recorded_layer
 def GroupPool():
     """Invariant pooling: mean over space and group, (N, H, W, |G|, C) -> (N, C). Theorem 3.
 
@@ -390,12 +320,11 @@ def GroupPool():
         _check_rank(inputs.shape, 5, name, "group feature maps (N, H, W, |G|, C)")
         return jnp.mean(inputs, axis=(1, 2, 3))
 
-    @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.YES))
+    @requires_full_covariance_pooled
     def kernel_fn(k, **kwargs):
         if len(k.shape1) != 5:
-            raise ValueError(f"{name} expects group feature maps (N, H, W, |G|, C) as input, "
-                             f"got shape {k.shape1}.")
+            raise ConfigError(f"{name} expects group feature maps (N, H, W, |G|, C) as input, "
+                              f"got shape {k.shape1}.")
 
         def pool(cov, batch_ndim):
             if cov is None or not jnp.ndim(cov):
@@ -421,7 +350,7 @@ def GroupPool():
 
 def transform_feature_maps(f, group: PlanarGroup | str, h: int):
     """(h·f)(g, p) = f(h⁻¹ g, h⁻¹ p) for group feature maps f of shape (N, H, W, |G|, C)."""
-    group = get_group(group) if isinstance(group, str) else group
+    group = as_group(group)
     hinv = group.inverse[h]
     f = pullback(f, group.matrices[hinv], (1, 2))
     return f[:, :, :, group.table[hinv]]

@@ -18,25 +18,16 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .._neural_tangents import nt, stax
-from .augmentation import orbit_mean
-from .groups import get_group
-from .planar import GroupConv, LiftingConv
+from raygram._neural_tangents import stax
+from raygram.kernels.augmentation import orbit_mean
+from raygram.kernels.groups import get_group
+from raygram.kernels.planar import GroupConv, LiftingConv
+from raygram.kernels.stax_layers import (POINTWISE_LAYERS, pooled_kernel, recorded_call,
+                                         serial_with_fast_path)
 
-# neural-tangents layers that act on every (group element, position) site alone.
-_POINTWISE = frozenset({
-    "Erf", "Sigmoid_like", "Gabor", "Gelu", "Sin", "Cos", "Rbf", "ABRelu", "Relu", "LeakyRelu",
-    "Abs", "Sign", "Exp", "Gaussian", "ExpNormalized", "Hermite", "Monomial",
-    "RectifiedMonomial", "Polynomial", "Elementwise", "ElementwiseNumerical", "Identity", "Dense",
-})
 # Head layers whose output NNGP/NTK do not read the input self-variances.
 _LINEAR = frozenset({"Dense", "Identity"})
-
-
-def _raygram_layer(layer):
-    return getattr(layer[2], "raygram_layer", (None, None))
 
 
 def _twin(layer):
@@ -45,7 +36,7 @@ def _twin(layer):
     The twin of a group layer is the same layer over the trivial group: exactly
     `stax.Conv` / `GlobalAvgPool` (tested), with raygram's faster covariance convolution.
     """
-    name, args = _raygram_layer(layer)
+    name, args = recorded_call(layer)
     if name in ("LiftingConv", "GroupConv"):
         if args["parameterization"] != "ntk":
             return None  # standard parameterisation's NTK depends on |G| through fan-in
@@ -53,19 +44,19 @@ def _twin(layer):
         return (LiftingConv if name == "LiftingConv" else GroupConv)(**dict(args, group="trivial"))
     if name == "GroupPool":
         return layer
-    if name is None and layer[2].__name__ in _POINTWISE:
+    if name is None and layer[2].__name__ in POINTWISE_LAYERS:
         return layer
     return None
 
 
 def _split(layers):
     """(index of the single GroupPool or None, group name or None, CNN twin of the pre-pool part or None)."""
-    pools = [i for i, l in enumerate(layers) if _raygram_layer(l)[0] == "GroupPool"]
+    pools = [i for i, l in enumerate(layers) if recorded_call(l)[0] == "GroupPool"]
     if len(pools) != 1:
         return None, None, None
     pool = pools[0]
-    groups = {get_group(a["group"]).name for n, a in map(_raygram_layer, layers[:pool]) if n}
-    first = _raygram_layer(layers[0])[0]
+    groups = {get_group(a["group"]).name for n, a in map(recorded_call, layers[:pool]) if n}
+    first = recorded_call(layers[0])[0]
     twins = [_twin(l) for l in layers[:pool + 1]]
     if first != "LiftingConv" or len(groups) != 1 or any(t is None for t in twins):
         return pool, None, None
@@ -79,13 +70,11 @@ def serial(*layers):
     `stax.serial`. `kernel_fn(x1, x2=None, get=None, **kwargs)` gives the same values as
     `stax.serial`'s (tested to float64 round-off) and accepts the same arguments.
     """
-    init_fn, apply_fn, general_kernel_fn = stax.serial(*layers)
     pool, group_name, twins = _split(layers)
     if pool is None:
-        return init_fn, apply_fn, general_kernel_fn
+        return stax.serial(*layers)
     head = layers[pool + 1:]
-    head_kernel_fn = stax.serial(*head)[2] if head else stax.Identity()[2]
-    head_is_linear = all(l[2].__name__ in _LINEAR and _raygram_layer(l)[0] is None for l in head)
+    head_is_linear = all(l[2].__name__ in _LINEAR and recorded_call(l)[0] is None for l in head)
     pre_init_fn, _, pre_fn = stax.serial(*layers[:pool + 1])
     if group_name is not None:
         group = get_group(group_name)
@@ -108,11 +97,8 @@ def serial(*layers):
         """Pooled k(x_i, x_i) for every i, each from a one-sample kernel: (N,)."""
         return jax.vmap(lambda xi: pooled_fn(xi[None], None, "nngp")[0, 0])(x)
 
-    def kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs):
-        if kwargs or not isinstance(x1_or_kernel, (jnp.ndarray, np.ndarray)):
-            return general_kernel_fn(x1_or_kernel, x2, get, **kwargs)
-        x1 = x1_or_kernel
-        names = (get,) if isinstance(get, str) else get
+    def pooled(x1, x2, names):
+        """The `nt.Kernel` after the pooling, with the self-variances the head and `names` need."""
         need_cov = names is None or "cov1" in names or "cov2" in names or not head_is_linear
         if names is None or "ntk" in names:
             nngp, ntk = pooled_fn(x1, x2, ("nngp", "ntk"))
@@ -126,16 +112,7 @@ def serial(*layers):
             cov1 = jnp.full((x1.shape[0],), jnp.nan, nngp.dtype)
             cov2 = jnp.full((x2.shape[0],), jnp.nan, nngp.dtype)
         channels = pooled_channels(tuple(x1.shape))
-        return head_kernel_fn(pooled_kernel(nngp, ntk, cov1, cov2, x1, x2, channels), get=get)
+        return pooled_kernel(nngp, ntk, cov1, cov2, x1, x2, channels)
 
-    return init_fn, apply_fn, kernel_fn
+    return serial_with_fast_path(layers, pool, pooled)
 
-
-def pooled_kernel(nngp, ntk, cov1, cov2, x1, x2, channels: int):
-    """The `nt.Kernel` of pooled (invariant) features (N, channels) that a fast path hands to
-    the layers after the pool: nngp/ntk (N1, N2), per-input variances cov1 (N1,), cov2 (N2,)."""
-    return nt.Kernel(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, x1_is_x2=x2 is None,
-                     is_gaussian=True, is_reversed=False, is_input=False, diagonal_batch=True,
-                     diagonal_spatial=False, shape1=(x1.shape[0], channels),
-                     shape2=((x1 if x2 is None else x2).shape[0], channels),
-                     batch_axis=0, channel_axis=1, mask1=None, mask2=None)

@@ -44,53 +44,60 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from .._neural_tangents import stax
-from .planar import _affine_kernel_fn, _init, _layer, _scales
-from .so3_grid import s2_grid_harmonics, s2_weights, so3_grid_wigner, so3_weights
-
-_PARAMETERIZATIONS = ("ntk", "standard")
+from raygram.errors import ConfigError
+from raygram.kernels.so3_grid import (check_bandwidth, degree_slice, s2_grid_harmonics, s2_weights,
+                                      so3_grid_wigner, so3_weights)
+from raygram.kernels.stax_layers import (affine_kernel_fn, check_in_chan, check_out_chan,
+                                         check_parameterization, init_params, param_scales,
+                                         recorded_layer, requires_full_covariance,
+                                         requires_full_covariance_pooled)
 
 
 def _check_common(out_chan, bandwidth, filter_bandwidth, parameterization):
-    if not isinstance(out_chan, (int, np.integer)) or out_chan < 1:
-        raise ValueError(f"out_chan must be a positive integer, got {out_chan!r}.")
-    for name, v in (("bandwidth", bandwidth), ("filter_bandwidth", filter_bandwidth)):
-        if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {v!r}.")
-    if parameterization not in _PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {_PARAMETERIZATIONS}, "
-                         f"got {parameterization!r}.")
+    check_out_chan(out_chan)
+    check_bandwidth(bandwidth, "bandwidth", optional=True)
+    check_bandwidth(filter_bandwidth, "filter_bandwidth", optional=True)
+    check_parameterization(parameterization)
 
 
-def _resolve_bands(layer, l_in, bandwidth, filter_bandwidth):
-    """(output bandwidth, filter bandwidth) after checking that both grids resolve the filter."""
+def resolve_bands(layer: str, l_in: int, bandwidth: int | None, filter_bandwidth: int | None):
+    """(output bandwidth, filter bandwidth) of an SO(3) layer, after checking that both grids
+    resolve the filter.
+
+    Args:
+      layer: the layer's name, for the message.
+      l_in: bandwidth of the input grid.
+      bandwidth: the layer's `bandwidth` argument (output grid; None: `l_in`).
+      filter_bandwidth: the layer's `filter_bandwidth` (degrees < B; None: the smaller
+        of the input and output bandwidths).
+
+    Raises:
+      ConfigError: the filter bandwidth exceeds the input or the output bandwidth.
+    """
     l_out = l_in if bandwidth is None else bandwidth
     band = min(l_in, l_out) if filter_bandwidth is None else filter_bandwidth
     if band > l_in or band > l_out:
-        raise ValueError(
+        raise ConfigError(
             f"{layer}: filter_bandwidth {band} exceeds the input bandwidth {l_in} or the output "
             f"bandwidth {l_out}: a grid of bandwidth L resolves only degrees < L. Use "
             f"filter_bandwidth <= {min(l_in, l_out)} or larger bandwidths.")
     return l_out, band
 
 
-def _s2_bandwidth(shape, layer):
+def s2_bandwidth(shape, layer: str) -> int:
+    """Bandwidth L of S² signals of shape (N, 2L, 2L, C); ConfigError (naming `layer`) otherwise."""
     if len(shape) != 4 or shape[1] != shape[2] or shape[1] % 2:
-        raise ValueError(f"{layer} expects S² signals (N, 2L, 2L, C) on a Driscoll-Healy grid, "
-                         f"got shape {tuple(shape)}.")
+        raise ConfigError(f"{layer} expects S² signals (N, 2L, 2L, C) on a Driscoll-Healy grid, "
+                          f"got shape {tuple(shape)}.")
     return shape[1] // 2
 
 
-def _so3_bandwidth(shape, layer):
+def so3_bandwidth(shape, layer: str) -> int:
+    """Bandwidth L of SO(3) feature maps (N, 2L, 2L, 2L, C); ConfigError (naming `layer`) otherwise."""
     if len(shape) != 5 or not shape[1] == shape[2] == shape[3] or shape[1] % 2:
-        raise ValueError(f"{layer} expects SO(3) feature maps (N, 2L, 2L, 2L, C) on the "
-                         f"equiangular grid, got shape {tuple(shape)}.")
+        raise ConfigError(f"{layer} expects SO(3) feature maps (N, 2L, 2L, 2L, C) on the "
+                          f"equiangular grid, got shape {tuple(shape)}.")
     return shape[1] // 2
-
-
-def _slice(l):
-    """Degree-l block of the S² harmonic axis (index l² + l + m)."""
-    return slice(l * l, (l + 1) ** 2)
 
 
 def _conv_slices(band):
@@ -131,8 +138,8 @@ def _so3_cov_bandwidth(cov, batch_ndim, layer):
     """Bandwidth of a direct SO(3) covariance (*b, 2L, 2L, 2L, 2L, 2L, 2L)."""
     pairs = cov.shape[batch_ndim:]
     if len(pairs) != 6 or len(set(pairs)) != 1 or pairs[0] % 2:
-        raise ValueError(f"{layer} expects the kernel of SO(3) feature maps (output of S2Lifting "
-                         f"or SO3Conv), got covariance axes {pairs}.")
+        raise ConfigError(f"{layer} expects the kernel of SO(3) feature maps (output of S2Lifting "
+                          f"or SO3Conv), got covariance axes {pairs}.")
     return pairs[0] // 2
 
 
@@ -159,7 +166,8 @@ def _s2_coefs(cov, batch_ndim, L_in, band):
     cov = cov.transpose(axes).reshape(b + (s, s))
     y = jnp.asarray(_s2_analysis(L_in, band), cov.dtype)
     x = jnp.einsum("...st,td->...sd", cov, y)
-    return [jnp.einsum("sc,...sd->...cd", y[:, _slice(l)], x[..., _slice(l)]) for l in range(band)]
+    return [jnp.einsum("sc,...sd->...cd", y[:, degree_slice(l)], x[..., degree_slice(l)])
+            for l in range(band)]
 
 
 def _lift_cov(cov, batch_ndim, L_in, L_out, band):
@@ -189,19 +197,21 @@ def _pool_cov(cov, batch_ndim, layer):
     return jnp.einsum("i,...ij,j->...", w, _to_matrix(cov, batch_ndim), w)
 
 
-def _check_params(layer, inputs, W):
-    if inputs.shape[-1] != W.shape[1]:
-        raise ValueError(f"{layer}: inputs have {inputs.shape[-1]} channels but the parameters "
-                         f"were initialised for {W.shape[1]} (in_chan mismatch).")
+def s2_features(inputs, band: int):
+    """Harmonic coefficients f̂_l,c = mean_x y_l(x) f_c(x) of S² signals, degrees l < band.
 
+    Args:
+      inputs: S² signals (N, 2L, 2L, C) on the Driscoll-Healy grid.
+      band: number of degrees; at most L.
 
-def _s2_features(inputs, band):
-    """f̂_l,c = mean_x y_l(x) f_c(x): (N, 2L, 2L, C) -> (N, C, band²)."""
+    Returns:
+      (N, C, band²), the last axis indexed l² + l + m (`so3_grid.degree_slice`).
+    """
     y = jnp.asarray(_s2_analysis(inputs.shape[1] // 2, band), inputs.dtype)
     return jnp.einsum("nsc,sa->nca", inputs.reshape((inputs.shape[0], -1, inputs.shape[-1])), y)
 
 
-@_layer
+@recorded_layer
 def S2Lifting(out_chan: int,
               bandwidth: int | None = None,
               filter_bandwidth: int | None = None,
@@ -219,41 +229,40 @@ def S2Lifting(out_chan: int,
     name = "S2Lifting"
 
     def bands(shape):
-        return _resolve_bands(name, _s2_bandwidth(shape, name), bandwidth, filter_bandwidth)
+        return resolve_bands(name, s2_bandwidth(shape, name), bandwidth, filter_bandwidth)
 
     def init_fn(rng, input_shape):
         l_out, band = bands(input_shape)
-        params = _init(rng, (band * band, input_shape[-1], out_chan), out_chan, b_std, W_std,
-                       input_shape[-1], parameterization)
+        params = init_params(rng, (band * band, input_shape[-1], out_chan), out_chan, b_std,
+                             W_std, input_shape[-1], parameterization)
         return (input_shape[0],) + (2 * l_out,) * 3 + (out_chan,), params
 
     def apply_fn(params, inputs, **kwargs):
         W, b = params
         l_out, band = bands(inputs.shape)
-        _check_params(name, inputs, W)
-        w_scale, b_scale = _scales(W_std, b_std, inputs.shape[-1], parameterization)
-        f_hat = _s2_features(inputs, band)
+        check_in_chan(name, inputs.shape[-1], W.shape[1])
+        w_scale, b_scale = param_scales(W_std, b_std, inputs.shape[-1], parameterization)
+        f_hat = s2_features(inputs, band)
         d, _ = _grid_wigner(l_out, band)
         out = sum(jnp.einsum("rea,nce,aco->nro", jnp.asarray(d[l], inputs.dtype),
-                             f_hat[..., _slice(l)], W[_slice(l)]) for l in range(band))
+                             f_hat[..., degree_slice(l)], W[degree_slice(l)]) for l in range(band))
         out = out.reshape((inputs.shape[0],) + (2 * l_out,) * 3 + (W.shape[-1],)) * w_scale
         return out if b is None else out + b_scale * b
 
-    @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.NO))
+    @requires_full_covariance
     def kernel_fn(k, **kwargs):
-        l_in = _s2_bandwidth(k.shape1, name)
+        l_in = s2_bandwidth(k.shape1, name)
         l_out, band = bands(k.shape1)
 
         def propagate(cov, batch_ndim, is_self_cov):
             return _lift_cov(cov, batch_ndim, l_in, l_out, band)
 
-        return _affine_kernel_fn(k, propagate, W_std, b_std, parameterization, k.shape1[-1])
+        return affine_kernel_fn(k, propagate, W_std, b_std, parameterization, k.shape1[-1])
 
     return init_fn, apply_fn, kernel_fn
 
 
-@_layer
+@recorded_layer
 def SO3Conv(out_chan: int,
             bandwidth: int | None = None,
             filter_bandwidth: int | None = None,
@@ -271,21 +280,21 @@ def SO3Conv(out_chan: int,
     name = "SO3Conv"
 
     def bands(shape):
-        return _resolve_bands(name, _so3_bandwidth(shape, name), bandwidth, filter_bandwidth)
+        return resolve_bands(name, so3_bandwidth(shape, name), bandwidth, filter_bandwidth)
 
     def init_fn(rng, input_shape):
         l_out, band = bands(input_shape)
         n_coef = sum((2 * l + 1) ** 2 for l in range(band))
-        params = _init(rng, (n_coef, input_shape[-1], out_chan), out_chan, b_std, W_std,
-                       input_shape[-1], parameterization)
+        params = init_params(rng, (n_coef, input_shape[-1], out_chan), out_chan, b_std, W_std,
+                             input_shape[-1], parameterization)
         return (input_shape[0],) + (2 * l_out,) * 3 + (out_chan,), params
 
     def apply_fn(params, inputs, **kwargs):
         W, b = params
-        l_in = _so3_bandwidth(inputs.shape, name)
+        l_in = so3_bandwidth(inputs.shape, name)
         l_out, band = bands(inputs.shape)
-        _check_params(name, inputs, W)
-        w_scale, b_scale = _scales(W_std, b_std, inputs.shape[-1], parameterization)
+        check_in_chan(name, inputs.shape[-1], W.shape[1])
+        w_scale, b_scale = param_scales(W_std, b_std, inputs.shape[-1], parameterization)
         d_in, w = _grid_wigner(l_in, band)
         d_out, _ = _grid_wigner(l_out, band)
         x = inputs.reshape((inputs.shape[0], -1, inputs.shape[-1]))
@@ -300,36 +309,34 @@ def SO3Conv(out_chan: int,
         out = out.reshape((inputs.shape[0],) + (2 * l_out,) * 3 + (W.shape[-1],)) * w_scale
         return out if b is None else out + b_scale * b
 
-    @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.NO))
+    @requires_full_covariance
     def kernel_fn(k, **kwargs):
         l_out, band = bands(k.shape1)
 
         def propagate(cov, batch_ndim, is_self_cov):
             return _conv_cov(cov, batch_ndim, l_out, band, name)
 
-        return _affine_kernel_fn(k, propagate, W_std, b_std, parameterization, k.shape1[-1])
+        return affine_kernel_fn(k, propagate, W_std, b_std, parameterization, k.shape1[-1])
 
     return init_fn, apply_fn, kernel_fn
 
 
-@_layer
+@recorded_layer
 def SO3Pool():
     """Invariant pooling: Haar mean over SO(3) (grid quadrature), (N, 2L, 2L, 2L, C) -> (N, C)."""
     name = "SO3Pool"
 
     def init_fn(rng, input_shape):
-        _so3_bandwidth(input_shape, name)
+        so3_bandwidth(input_shape, name)
         return (input_shape[0], input_shape[-1]), ()
 
     def apply_fn(params, inputs, **kwargs):
-        L = _so3_bandwidth(inputs.shape, name)
+        L = so3_bandwidth(inputs.shape, name)
         return jnp.einsum("abg,nabgc->nc", jnp.asarray(so3_weights(L), inputs.dtype), inputs)
 
-    @stax.requires(batch_axis=0, channel_axis=-1,
-                   diagonal_spatial=stax.Diagonal(input=stax.Bool.NO, output=stax.Bool.YES))
+    @requires_full_covariance_pooled
     def kernel_fn(k, **kwargs):
-        _so3_bandwidth(k.shape1, name)
+        so3_bandwidth(k.shape1, name)
         cov_ndim = 1 if k.diagonal_batch else 2
 
         def pool(cov, batch_ndim):

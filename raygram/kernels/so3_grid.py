@@ -23,16 +23,36 @@ import functools
 import numpy as np
 from numpy.polynomial import legendre
 
+from raygram.errors import ConfigError
 
-def _check_bandwidth(L, what="bandwidth"):
-    if not isinstance(L, (int, np.integer)) or L < 1:
-        raise ValueError(f"{what} must be a positive integer, got {L!r}.")
+
+def check_bandwidth(L, what: str = "bandwidth", optional: bool = False) -> int | None:
+    """`L` as an int, after checking that it is a bandwidth: an int >= 1 (not a bool).
+
+    Args:
+      L: the bandwidth of a grid (2L samples per angle) or of a filter (degrees < L).
+      what: the argument's name, for the message.
+      optional: also accept None (returned as None).
+
+    Raises:
+      ConfigError: `L` is not an int >= 1 (or None when `optional`).
+    """
+    if L is None and optional:
+        return None
+    if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 1:
+        raise ConfigError(f"{what} must be an int >= 1{' or None' if optional else ''}, got {L!r}.")
+    return int(L)
+
+
+def degree_slice(l: int) -> slice:
+    """The degree-l block of a real-harmonic axis (index l² + l + m, m = -l..l): (2l+1) entries."""
+    return slice(l * l, (l + 1) ** 2)
 
 
 @functools.lru_cache(maxsize=None)
 def dh_angles(L: int) -> tuple[np.ndarray, np.ndarray]:
     """(polar angles θ_j (2L,), azimuths φ_k (2L,)) of the DH grid of bandwidth L."""
-    _check_bandwidth(L)
+    check_bandwidth(L)
     j = np.arange(2 * L)
     return np.pi * (2 * j + 1) / (4 * L), 2 * np.pi * j / (2 * L)
 
@@ -141,7 +161,7 @@ def wigner_d_real(lmax: int, rotations: np.ndarray) -> list[np.ndarray]:
     y_rp = real_sph_harm(lmax, np.einsum("...ab,nb->...na", rotations, p))  # (..., n, lmax²)
     out = []
     for l in range(lmax):
-        s = slice(l * l, (l + 1) ** 2)
+        s = degree_slice(l)
         pinv = np.linalg.pinv(y_p[:, s])                                    # (2l+1, n)
         dt = np.einsum("an,...nb->...ab", pinv, y_rp[..., s])               # D_l(R)^T
         out.append(np.swapaxes(dt, -1, -2).reshape(batch + (2 * l + 1,) * 2))
@@ -154,7 +174,7 @@ def so3_grid_wigner(L: int, lmax: int) -> tuple[np.ndarray, ...]:
 
     Built as D_l(Rz(α)) D_l(Ry(β)) D_l(Rz(γ)) from the 6L one-angle rotations.
     """
-    _check_bandwidth(L)
+    check_bandwidth(L)
     beta, alpha = dh_angles(L)
     dz = wigner_d_real(lmax, rot_z(alpha))
     dy = wigner_d_real(lmax, rot_y(beta))
@@ -164,5 +184,5 @@ def so3_grid_wigner(L: int, lmax: int) -> tuple[np.ndarray, ...]:
 @functools.lru_cache(maxsize=None)
 def s2_grid_harmonics(L: int, lmax: int) -> np.ndarray:
     """Real harmonics on the S² grid of bandwidth L, (2L, 2L, lmax²)."""
-    _check_bandwidth(L)
+    check_bandwidth(L)
     return real_sph_harm(lmax, s2_points(L))

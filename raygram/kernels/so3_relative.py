@@ -43,10 +43,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._neural_tangents import nt, stax
-from .serial import _POINTWISE, pooled_kernel
-from .so3 import _resolve_bands, _s2_bandwidth, _s2_features, _slice, _so3_bandwidth
-from .so3_grid import dh_angles, dh_weights, rot_y, wigner_d_real
+from raygram._neural_tangents import nt, stax
+from raygram.errors import ConfigError
+from raygram.kernels.so3 import resolve_bands, s2_bandwidth, s2_features, so3_bandwidth
+from raygram.kernels.so3_grid import degree_slice, dh_angles, dh_weights, rot_y, wigner_d_real
+from raygram.kernels.stax_layers import (POINTWISE_LAYERS, pooled_kernel, recorded_call,
+                                         serial_with_fast_path)
 
 # Values of one kernel field held at once while analysing a chunk of X (elements).
 CHUNK_ELEMENTS = 2 ** 20
@@ -285,12 +287,12 @@ def _affine(state, transform, args, fan_in):
 
 def _fast_plan(layers):
     """Index of the SO3Pool in S2Lifting, (SO3Conv | pointwise)*, SO3Pool, head...; else None."""
-    names = [getattr(l[2], "raygram_layer", (None, None))[0] for l in layers]
+    names = [recorded_call(l)[0] for l in layers]
     if not names or names[0] != "S2Lifting" or names.count("SO3Pool") != 1:
         return None
     pool = names.index("SO3Pool")
     for layer, name in zip(layers[1:pool], names[1:pool]):
-        if name != "SO3Conv" and (name is not None or layer[2].__name__ not in _POINTWISE):
+        if name != "SO3Conv" and (name is not None or layer[2].__name__ not in POINTWISE_LAYERS):
             return None
     return pool
 
@@ -302,20 +304,17 @@ def so3_serial(*layers, quadrature: str = "pairs"):
     kernel is carried as Wigner coefficients of one function of the relative rotation per
     pair of inputs (plus each input's own, which the pointwise layers need for their
     variances) and evaluated with the direct recursion's quadratures (module docstring):
-    the same values, far faster. The head (any neural-tangents layers after the pooling)
-    runs on the pooled Kernel. Other stacks, and calls with a Kernel or extra keyword
-    arguments, use `stax.serial`'s direct recursion. `quadrature="relative"` trades the
-    exact values for O(L³) work per pair (see `_quadrature`). Returns `(init_fn, apply_fn,
-    kernel_fn)`; `kernel_fn(x1, x2=None, get=None)`.
+    the same values in O(L⁶) instead of O(L⁹) time per pair. The head (any neural-tangents
+    layers after the pooling) runs on the pooled Kernel. Other stacks, and calls with a
+    Kernel or extra keyword arguments, use `stax.serial`'s direct recursion.
+    `quadrature="relative"` trades the exact values for O(L³) work per pair (see
+    `_quadrature`). Returns `(init_fn, apply_fn, kernel_fn)`; `kernel_fn(x1, x2=None, get=None)`.
     """
     if quadrature not in QUADRATURES:
-        raise ValueError(f"quadrature must be one of {QUADRATURES}, got {quadrature!r}.")
-    init_fn, apply_fn, general_kernel_fn = stax.serial(*layers)
+        raise ConfigError(f"quadrature must be one of {QUADRATURES}, got {quadrature!r}.")
     pool = _fast_plan(layers)
     if pool is None:
-        return init_fn, apply_fn, general_kernel_fn
-    head = layers[pool + 1:]
-    head_kernel_fn = stax.serial(*head)[2] if head else stax.Identity()[2]
+        return stax.serial(*layers)
 
     @functools.cache
     def input_shapes(input_shape):
@@ -335,13 +334,13 @@ def so3_serial(*layers, quadrature: str = "pairs"):
     def lifted(x1, x2, shape, args, with_ntk):
         """Coefficient state after the lifting: C_l = mean over channels of f̂_l(x1) f̂_l(x2)ᵀ."""
         name, channels = "S2Lifting", shape[-1]
-        l_out, band = _resolve_bands(name, _s2_bandwidth(shape, name), args["bandwidth"],
+        l_out, band = resolve_bands(name, s2_bandwidth(shape, name), args["bandwidth"],
                                      args["filter_bandwidth"])
-        f1 = _s2_features(x1, band)
-        f2 = f1 if x2 is None else _s2_features(x2, band)
+        f1 = s2_features(x1, band)
+        f2 = f1 if x2 is None else s2_features(x2, band)
 
         def coefs(a, b, spec):
-            return _frame([jnp.einsum(spec, a[..., _slice(l)], b[..., _slice(l)]) / channels
+            return _frame([jnp.einsum(spec, a[..., degree_slice(l)], b[..., degree_slice(l)]) / channels
                            for l in range(band)], band)
 
         state = dict(nngp=coefs(f1, f2, "ica,jcb->ijab"), ntk=None, with_ntk=with_ntk,
@@ -353,19 +352,19 @@ def so3_serial(*layers, quadrature: str = "pairs"):
         """Pooled (nngp, ntk, var1, var2, channels) by the relative recursion."""
         shapes = input_shapes(tuple(x1.shape))
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        _, args = layers[0][2].raygram_layer
+        _, args = recorded_call(layers[0])
         state, grid = lifted(x1, x2, shapes[0], args, with_ntk)
         between = []
         for layer, shape in zip(layers[1:pool + 1], shapes[1:pool + 1]):
-            name, args = getattr(layer[2], "raygram_layer", (None, None))
+            name, args = recorded_call(layer)
             if name is None:
                 between.append((layer[2], shape, (n2,) + shape[1:]))
                 continue
             if name == "SO3Pool":
                 out = _segment(state, between, grid, None, quadrature)
                 return out["nngp"], out["ntk"], out["self0"], out["self1"], shape[-1]
-            l_in = _so3_bandwidth(shape, name)
-            l_out, band = _resolve_bands(name, l_in, args["bandwidth"], args["filter_bandwidth"])
+            l_in = so3_bandwidth(shape, name)
+            l_out, band = resolve_bands(name, l_in, args["bandwidth"], args["filter_bandwidth"])
             out = _segment(state, between, grid, band, quadrature)
             scale = jnp.asarray(2 * np.arange(band) + 1., out["nngp"].dtype)[:, None, None]
             state = _affine(dict(state, nngp=out["nngp"], ntk=out["ntk"],
@@ -374,12 +373,8 @@ def so3_serial(*layers, quadrature: str = "pairs"):
             grid, between = l_out, []
         raise AssertionError("unreachable: _fast_plan guarantees an SO3Pool")
 
-    def kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs):
-        if kwargs or not isinstance(x1_or_kernel, (jnp.ndarray, np.ndarray)):
-            return general_kernel_fn(x1_or_kernel, x2, get, **kwargs)
-        x1 = x1_or_kernel
-        names = (get,) if isinstance(get, str) else get
+    def pooled_fn(x1, x2, names):
         nngp, ntk, var1, var2, channels = pooled(x1, x2, names is None or "ntk" in names)
-        return head_kernel_fn(pooled_kernel(nngp, ntk, var1, var2, x1, x2, channels), get=get)
+        return pooled_kernel(nngp, ntk, var1, var2, x1, x2, channels)
 
-    return init_fn, apply_fn, kernel_fn
+    return serial_with_fast_path(layers, pool, pooled_fn)

@@ -1,0 +1,171 @@
+"""`TileWorker`: the Ray actor that computes Gram tiles and writes them into the store.
+
+One long-lived actor per GPU (or per CPU worker): it loads the kernel from its `KernelSource`,
+compiles one executable per tile shape (off-diagonal, diagonal, test self-kernels),
+computes a tile, checks it is finite, writes it straight into the zarr store and
+returns only the tile id and timings to the driver.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+
+from raygram.errors import CompileFailed
+from raygram.store.plan import Tile, TilePlan
+
+
+def jax_env(num_gpus: float, num_cpus: float = 1) -> dict[str, str]:
+    """Environment for a worker process: JAX must not grab a whole GPU it shares.
+
+    XLA preallocates 75% of a GPU by default; with several actors per GPU each takes
+    only its share (`num_gpus`, minus headroom for CUDA contexts) and allocates on
+    demand. CPU workers are kept off any GPU of the node, and a one-CPU worker runs
+    XLA single-threaded: local builds run one worker per core, and XLA's own threads
+    would only fight over the same cores.
+    """
+    if num_gpus <= 0:
+        env = {"JAX_PLATFORMS": "cpu"}
+        if num_cpus <= 1:
+            env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        return env
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    if num_gpus < 1:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * num_gpus:.3f}"
+    return env
+
+
+class TileWorker:
+    """Computes tiles of one build (use as `ray.remote(TileWorker).options(...).remote(...)`).
+
+    `x_train` (N, ...) and `x_test` (M, ...) arrive through Ray's object store once per
+    actor; `store` is a `GramStore` (reopened here from its URL). Run as a threaded
+    actor (`max_concurrency=2`): one call computes while the previous one writes its
+    tile, and a lock keeps the device to one tile at a time.
+    """
+
+    def __init__(self, kernel, kinds, dtype, x_train, x_test):
+        import jax
+
+        jax.config.update("jax_enable_x64", np.dtype(dtype) == np.float64)
+        self.kernel = kernel
+        self._kernel_fn = None
+        self.kinds = tuple(kinds)
+        self.dtype = np.dtype(dtype)
+        self.x = {"train": np.asarray(x_train, self.dtype),
+                  "test": None if x_test is None else np.asarray(x_test, self.dtype)}
+        self.store = self.plan = None
+        self.compiled = {}
+        self.device = threading.Lock()
+        self.last_compute_end = None
+
+    @property
+    def kernel_fn(self):
+        """The build's `kernel_fn(x1, x2, get)`, made from its `KernelSource` on first use.
+
+        Not in `__init__`: a kernel this worker cannot load (a Python kernel from a package
+        that is not installed on this node) then fails the first call with one
+        `CompileFailed`, instead of killing every actor that replaces this one.
+        """
+        if self._kernel_fn is None:
+            try:
+                self._kernel_fn = self.kernel.kernel_fn()
+            except Exception as e:  # noqa: BLE001 - unpickling user code can raise anything
+                raise CompileFailed(f"the kernel cannot be loaded on host {socket.gethostname()}: "
+                                    f"{type(e).__name__}: {' '.join(str(e).split())} (a Python kernel's "
+                                    "installed packages must be installed on every node)") from None
+        return self._kernel_fn
+
+    # -- memory model ---------------------------------------------------------------------------
+    def tile_memory(self, sizes) -> list[int]:
+        """XLA's peak bytes (arguments + outputs + temporaries) of an off-diagonal tile per size."""
+        import jax
+
+        out = []
+        for t in sizes:
+            x = jax.ShapeDtypeStruct((t,) + self.x["train"].shape[1:], self.dtype)
+            fn = jax.jit(lambda a, b: self.kernel_fn(a, b, self.kinds))
+            stats = fn.lower(x, x).compile().memory_analysis()
+            out.append(int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+                           + stats.temp_size_in_bytes))
+        return out
+
+    def memory_budget(self, workers_per_device: int) -> int:
+        """Bytes one worker may use for a tile: its share of the device (GPU) or of free RAM."""
+        import jax
+        import psutil
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(0.8 * stats["bytes_limit"])
+        return int(0.5 * psutil.virtual_memory().available / max(1, workers_per_device))
+
+    # -- tiles ----------------------------------------------------------------------------------
+    def prepare(self, plan: dict, store) -> dict:
+        """Adopt the build's plan and store, compile every tile shape it needs.
+
+        Returns the compile seconds and this process's pid and host. The driver sends
+        tiles only once this has returned (a threaded actor does not keep call order).
+        """
+        start = time.perf_counter()
+        self.plan = TilePlan(**plan)
+        self.store = store
+        with self.device:
+            self._compile()
+            self.last_compute_end = time.perf_counter()
+        return {"compile_s": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname()}
+
+    def _compile(self):
+        import jax
+
+        t = self.plan.tile_size
+        row = self.x["train"][:1]
+        probe = np.repeat(row, t, axis=0)
+        kernel_fn, kinds = self.kernel_fn, self.kinds
+        self.compiled["cross"] = jax.jit(lambda a, b: kernel_fn(a, b, kinds)).lower(probe, probe).compile()
+        self.compiled["square"] = jax.jit(lambda a: kernel_fn(a, None, kinds)).lower(probe).compile()
+        if self.plan.n_test:
+            self_kernel = jax.vmap(lambda xi: kernel_fn(xi[None], None, kinds))
+            self.compiled["self"] = jax.jit(self_kernel).lower(probe).compile()
+
+    def _kernel(self, tile: Tile) -> dict[str, np.ndarray]:
+        """Unpadded values of each kind for a tile."""
+        plan = self.plan
+        x_train, x_test = self.x["train"], self.x["test"]
+        if tile.block == "test_diag":
+            out = self.compiled["self"](plan.padded_rows(x_test, tile.i))
+            rows = plan.region(tile)[0]
+            return {k: np.asarray(v).reshape(-1)[:rows.stop - rows.start] for k, v in zip(self.kinds, out)}
+        x1 = x_train if tile.block == "train_train" else x_test
+        if tile.block == "train_train" and tile.i == tile.j:
+            out = self.compiled["square"](plan.padded_rows(x1, tile.i))
+        else:
+            out = self.compiled["cross"](plan.padded_rows(x1, tile.i), plan.padded_rows(x_train, tile.j))
+        rows, cols = plan.region(tile)
+        return {k: np.asarray(v)[:rows.stop - rows.start, :cols.stop - cols.start]
+                for k, v in zip(self.kinds, out)}
+
+    def run(self, tile: Tile) -> dict:
+        """Compute one tile and write it into the store; returns its id and timings (seconds).
+
+        `idle_s` is how long the device waited for this tile since the previous one
+        finished computing; writes overlap the next tile's compute.
+        """
+        with self.device:
+            start = time.perf_counter()
+            idle = start - self.last_compute_end
+            try:
+                values = self._kernel(tile)
+            finally:
+                self.last_compute_end = computed = time.perf_counter()
+        for kind, v in values.items():
+            if not np.isfinite(v).all():
+                raise FloatingPointError(
+                    f"tile {tile}: the {kind} kernel has {int((~np.isfinite(v)).sum())} non-finite "
+                    f"values out of {v.size}")
+        self.store.write_tile(tile, values)
+        return {"tile": tile, "pid": os.getpid(), "compute_s": computed - start,
+                "write_s": time.perf_counter() - computed, "idle_s": idle}

@@ -1,0 +1,1 @@
+"""The `raygram` command line (`raygram.cli.main:main`)."""

@@ -1,0 +1,4 @@
+"""`python -m raygram.cli ...`: the same as the `raygram` command."""
+from raygram.cli.main import main
+
+raise SystemExit(main())
