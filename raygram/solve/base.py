@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import os
+import warnings
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from raygram.config import SolverOptions
 from raygram.errors import SolveError
 
-__all__ = ["Method", "shared_working_set", "check_spectrum", "BOOKKEEPING", "CORES"]
+__all__ = ["Method", "shared_working_set", "check_spectrum", "SingularRidgeWarning", "BOOKKEEPING", "CORES"]
 
 # Bytes held besides arrays: dask graphs, zarr reads in flight, Python objects.
 BOOKKEEPING = 8 * 2**20
@@ -47,6 +48,10 @@ def shared_working_set(n: int, rhs: int, chunk: int, workers: int) -> int:
     vectors = BOOKKEEPING + 8 * n * 5 * rhs
     streaming = 8 * workers * (2 * chunk * max(n, chunk) + 6 * n * rhs)
     return vectors + streaming
+
+
+class SingularRidgeWarning(RuntimeWarning):
+    """K_dd + ρI is singular to round-off at a ridge ρ > 0: the predictions at that ridge are not reliable."""
 
 
 def check_spectrum(smallest: float, largest: float, n: int, dtype, shift: float,
@@ -75,17 +80,21 @@ def check_spectrum(smallest: float, largest: float, n: int, dtype, shift: float,
         with the shift inside, monotone in λ on the spectrum (as every f_t is).
 
     Raises:
-      SolveError: "the kernel is singular; use diag_reg > 0" at ρ = 0; at ρ > 0 the
-        same for the regularised kernel, asking for a larger diag_reg.
+      SolveError: "the kernel is singular; use diag_reg > 0" at ρ = 0. At ρ > 0 the same
+        condition warns (`SingularRidgeWarning`, asking for a larger diag_reg) instead: a
+        sweep over ridges must not stop at its smallest one.
     """
     round_off = n * np.finfo(dtype).eps * max(abs(largest), abs(smallest))
     ends = np.array([smallest, largest], float)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         worst = max((float(np.abs(f(ends)).max()) for f in functions), default=0.0)
     if smallest + shift < -round_off or not np.isfinite(worst) or worst * round_off >= 1:
-        raise SolveError("the kernel is singular; use diag_reg > 0" if shift == 0 else
-                         f"the kernel plus the ridge {shift:.1e} is singular to round-off (smallest eigenvalue "
-                         f"{smallest + shift:.1e}); use a larger diag_reg")
+        if shift == 0:
+            raise SolveError("the kernel is singular; use diag_reg > 0")
+        # A ridge sweep keeps going (the validation split sets such a ridge aside), but says so.
+        warnings.warn(f"the kernel plus the ridge {shift:.1e} is singular to round-off (smallest eigenvalue "
+                      f"{smallest + shift:.1e}); its predictions are not reliable: use a larger diag_reg",
+                      SingularRidgeWarning, stacklevel=2)
 
 
 class Method(abc.ABC):

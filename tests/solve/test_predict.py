@@ -13,7 +13,7 @@ from raygram._neural_tangents import nt, stax
 from raygram.config import METHODS as METHOD_NAMES
 from raygram.errors import ConfigError, MemoryBudgetExceeded, SolveError
 from raygram.solve import METHODS, GramSource, Method, SolverOptions, one_hot_targets, predict
-from raygram.solve.base import check_spectrum
+from raygram.solve.base import SingularRidgeWarning, check_spectrum
 from raygram.solve.methods import choose_method
 from raygram.solve.predict import response
 
@@ -241,8 +241,8 @@ def test_check_spectrum_bounds():
         with pytest.raises(SolveError, match=r"^the kernel is singular; use diag_reg > 0$"):
             check_spectrum(smallest, 2.0, n, np.float64, 0.0, [inverse])
     check_spectrum(0.0, 2.0, n, np.float64, 1e-8, [response(math.inf, 1.0, 1e-8)])  # a ridge regularises
-    with pytest.raises(SolveError, match=r"plus the ridge 1.0e-20 is singular to round-off \(smallest eigenvalue "
-                                         r"1.0e-20\); use a larger diag_reg"):
+    with pytest.warns(SingularRidgeWarning, match=r"plus the ridge 1.0e-20 is singular to round-off \(smallest "
+                                                  r"eigenvalue 1.0e-20\); .* use a larger diag_reg"):
         check_spectrum(0.0, 2.0, n, np.float64, 1e-20, [response(math.inf, 1.0, 1e-20)])
     # Finite time: f_t <= τ, refused only where τ · round-off >= 1; a negative eigenvalue beyond round-off always.
     check_spectrum(0.0, 2.0, n, np.float64, 0.0, [response(10.0, 1.0, 0.0)])
