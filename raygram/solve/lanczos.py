@@ -128,7 +128,8 @@ class LanczosMethod(Method):
 
     Each call of `apply` (one ridge, one block of right-hand sides) builds one Krylov
     basis of K_dd and is recorded in `info["lanczos"]`; its extreme Ritz values go through
-    `check_spectrum` (a kernel singular to round-off at this ridge raises `SolveError`).
+    `check_spectrum` (a kernel singular to round-off raises `SolveError` at zero ridge and
+    warns at a ridge > 0).
     """
 
     name = "lanczos"

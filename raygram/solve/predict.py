@@ -24,7 +24,8 @@ actually added to the diagonal. f(A) is applied by one of the methods of
 "auto" takes an in-core method when its working set fits `memory_budget`. Nothing wrong is
 read: a store's tiles are checked as they are read (`CorruptTile`), arrays are checked by
 `GramSource.from_arrays` (`ConfigError`), and eigh and lanczos refuse a kernel singular to
-round-off where the answer needs its inverse (`SolveError`, see `base.check_spectrum`).
+round-off where the answer needs its inverse (`SolveError` at zero ridge, a warning at a
+ridge > 0; see `base.check_spectrum`).
 """
 from __future__ import annotations
 
@@ -149,8 +150,9 @@ def predict(source, y_train, solver: SolverOptions | None = None, *, kinds: Sequ
       MemoryBudgetExceeded: the method's working set exceeds `memory_budget`, before
         any work.
       IllConditioned, NotConverged: the solve failed (increase diag_reg).
-      SolveError: the kernel is singular to round-off where the answer needs its
-        inverse (`raygram.solve.base.check_spectrum`; eigh and lanczos).
+      SolveError: at zero ridge, the kernel is singular to round-off where the answer
+        needs its inverse (`raygram.solve.base.check_spectrum`; eigh and lanczos; at a
+        ridge > 0 a `SingularRidgeWarning` instead).
       CorruptTile: a tile of the store is missing or fails its checksum.
       StoreError: the store is incomplete or damaged.
     """
