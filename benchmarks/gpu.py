@@ -4,8 +4,9 @@ Runs wherever JAX (0.5.3 or later, any Python from 3.11) is installed; raygram a
 neural-tangents may come from the offline bundle of `tools/make_bundle.py` (a machine
 without a package index): `python3 raygram-gpu.zip [options]` runs this script.
 
-One row per model, dtype and tile size n: the NNGP and NTK of an n×n tile, one
-jit-compiled call.
+One row per model, dtype and tile size n (defaults: TILES): the NNGP and NTK of an
+n×n tile, one jit-compiled call; a tile that does not fit the device ends its model's
+row list with "out of memory".
   s/entry   best of --repeats calls, divided by n²
   peak MiB  the device's own peak (`memory_stats()["peak_bytes_in_use"]`, source
             "device") where it reports one: then each model and dtype runs in its own
@@ -50,7 +51,6 @@ import timeit
 # As raygram's GPU workers run (`raygram.build.worker.jax_env`): memory on demand, so that
 # the device's peak is what the kernel used and child processes can share the GPU.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -77,7 +77,10 @@ PEAK_TFLOPS = (
     (r"V100-PCIE", 14.0, 7.0), (r"V100", 15.7, 7.8), (r"T4\b", 8.1, None),
 )
 QUICK = {"size": 6, "tiles": [2], "bandwidths": [2], "channels": 2, "repeats": 1, "ray_points": 8}
-FULL = {"size": 28, "tiles": [8, 32], "bandwidths": [6, 8], "channels": 10, "repeats": 3, "ray_points": 256}
+FULL = {"size": 28, "bandwidths": [6, 8], "channels": 10, "repeats": 3, "ray_points": 128}
+# Default tile sizes n: the planar general recursions hold |G| covariances of (H·W)² entries
+# per pair, the SO(3) pairs path O(L³) numbers per pair (XLA's analysis of the compiled call).
+TILES = {"planar": [4, 16], "SO3": [16, 64]}
 FORWARDED = ("size", "tiles", "bandwidths", "channels", "repeats", "peak_tflops")
 
 
@@ -90,6 +93,11 @@ class Row:
     source: str
     flops: float | None
     loops: bool  # the compiled call has a loop, whose body XLA's FLOPs count once
+
+
+def tiles(name: str, args) -> list[int]:
+    """Tile sizes of a model: --tiles, else the default of its family (TILES), increasing."""
+    return sorted(args.tiles or TILES["SO3" if name.startswith("SO3") else "planar"])
 
 
 def model_names(bandwidths) -> list[str]:
@@ -159,7 +167,7 @@ def run_rows(name: str, dtype: str, args) -> None:
     jax.config.update("jax_enable_x64", dtype == "float64")
     kernel_fn, shape = model(name, args)
     peak_rate = peak_flop_rate(args, dtype)
-    for n in sorted(args.tiles):
+    for n in tiles(name, args):
         try:
             row = measure(kernel_fn, shape, dtype, n, args.repeats)
         except Exception as e:  # noqa: BLE001 - only running out of device memory is a result
@@ -207,7 +215,7 @@ def scheduler_overhead(args) -> None:
     gpus = [d for d in jax.devices() if d.platform == "gpu"]
     conv = {"out_chan": 1, "filter_shape": [3, 3], "group": "C4", "padding": "SAME"}
     spec = [{"LiftingConv": conv}, "Relu", {"GroupConv": conv}, "Relu", "GroupPool", {"Dense": {"out_dim": 1}}]
-    n, t = args.ray_points, max(args.tiles)
+    n, t = args.ray_points, max(tiles("C4-invariant", args))
     x = np.random.default_rng(0).normal(size=(n, args.size, args.size, 1))
     inprocess_s, ours = tiles_in_process(network(spec)[2], x, TilePlan(n, 0, t))
     if not ray.is_initialized():
@@ -254,12 +262,13 @@ def tiles_in_process(kernel_fn, x, plan) -> tuple[float, np.ndarray]:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", "--dry-run", action="store_true",
                         help="tiny sizes (CI on CPU): " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
-    parser.add_argument("--models", nargs="+", help="model names (default: all; see the module docstring)")
+    parser.add_argument("--models", nargs="+", help="model names (default: all; see above)")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
-    parser.add_argument("--tiles", nargs="+", type=int, help=f"tile sizes n (default {FULL['tiles']})")
+    parser.add_argument("--tiles", nargs="+", type=int, help=f"tile sizes n (default: planar models "
+                        f"{TILES['planar']}, SO(3) {TILES['SO3']}; the scheduler comparison takes the largest planar)")
     parser.add_argument("--size", type=int, help=f"image side of the planar models (default {FULL['size']})")
     parser.add_argument("--bandwidths", nargs="+", type=int, help=f"SO(3) bandwidths L (default {FULL['bandwidths']})")
     parser.add_argument("--channels", type=int, help=f"SO(3) input channels (default {FULL['channels']})")
@@ -273,7 +282,7 @@ def parse_args(argv=None):
     parser.add_argument("--ray-points", type=int, help=f"training points of that build (default {FULL['ray_points']})")
     parser.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
+    for key, value in (QUICK if args.quick else FULL).items():  # what was not given
         if getattr(args, key) is None:
             setattr(args, key, value)
     known = model_names(args.bandwidths)
@@ -281,7 +290,7 @@ def parse_args(argv=None):
     unknown = [m for m in args.models if m not in known]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    if min(args.tiles + args.bandwidths + [args.size, args.channels, args.repeats, args.ray_points]) < 1:
+    if min((args.tiles or []) + args.bandwidths + [args.size, args.channels, args.repeats, args.ray_points]) < 1:
         parser.error("sizes, tiles, bandwidths, channels, repeats and points must be positive")
     return args
 

@@ -21,7 +21,6 @@ import jax
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def architecture(size: int):

@@ -22,12 +22,11 @@ import argparse
 import time
 
 import jax
-import jax.experimental
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from raygram._neural_tangents import stax  # noqa: E402
+from raygram._neural_tangents import stax, x64  # noqa: E402
 from raygram.kernels import GroupConv, GroupPool, LiftingConv, serial  # noqa: E402
 
 
@@ -85,7 +84,7 @@ def main():
         for get in ("nngp", ("nngp", "ntk")):
             base = None
             for name, n in rows:
-                with jax.experimental.enable_x64(dtype == "float64"):
+                with x64(dtype == "float64"):
                     sec, peak = measure(MODELS[name](), get, dtype, args.size, n, args.repeats)
                 base = sec if name == "CNN-GAP" else base
                 ratio = f"{sec / base:9.2f}" if base else f"{'-':>9s}"

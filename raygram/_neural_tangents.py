@@ -20,6 +20,12 @@ raygram, and `prepare()` deals with both before neural-tangents is first importe
   and the default empirical NTK then run unchanged; the experimental
   structured-derivatives NTK (`implementation=3`) needs more of JAX's old
   internals and is not supported there.
+- jaxlib 0.10's CPU code generator for AVX-512 crashes the process (SIGSEGV) when a
+  jit-compiled float64 kernel pools after a nonlinearity (e.g. Conv-Relu-AvgPool or
+  GlobalAvgPool in neural-tangents; reproduced on an AVX-512 AMD EPYC, fine with
+  AVX2 code or on JAX 0.5). On JAX 0.6 and later, on a CPU with AVX-512, the same
+  hook adds `--xla_cpu_max_isa=AVX2` to `XLA_FLAGS` unless the user set that flag
+  (it takes effect if JAX has not started its CPU backend yet, as in Ray workers).
 
 Nothing here imports JAX or neural-tangents until neural-tangents itself is
 imported, so `import raygram.data` stays light.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import os
 import sys
 import types
 import warnings
@@ -74,11 +81,29 @@ def _missing(module: types.ModuleType, name: str) -> bool:
         return not hasattr(module, name)
 
 
+def _avoid_avx512_codegen() -> None:
+    """Cap XLA's CPU code at AVX2 on JAX >= 0.6 where the CPU has AVX-512 (see the module docstring)."""
+    import jax
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if jax.__version_info__ < (0, 6) or "xla_cpu_max_isa" in flags:
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            avx512 = any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:  # not Linux: no known crash to avoid
+        return
+    if avx512:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_max_isa=AVX2").strip()
+
+
 def _supply_moved_jax_names() -> None:
     """Give JAX what neural-tangents 0.6.5 imports from it, where this JAX lacks it."""
     import jax
     import jax.core
     from jax.interpreters import ad
+
+    _avoid_avx512_codegen()
 
     try:
         importlib.import_module("jax.util")

@@ -8,7 +8,7 @@
     kinds: [ntk]
     store: raygram-runs/quickstart        # local folder or s3://bucket/prefix
     tiling: {tile_size: null, workers: null, cpus_per_worker: 1, gpus_per_worker: 0}
-    solver: {diag_reg: [1e-3], times: [inf]}
+    solver: {diag_reg: [1e-3], times: auto}     # auto (the default): from the Gram's spectrum
     tracking: {uri: null, experiment: raygram}
 
 Every section is a frozen dataclass (`DataOptions`, `TilingOptions`, `SolverOptions`,
@@ -46,7 +46,7 @@ __all__ = [
     "SolverOptions", "TrackingOptions", "RayOptions", "load_config", "validate", "apply_overrides",
     "parse_memory", "WIDTH_ARGUMENTS", "check_widths", "is_secret", "redact", "redact_config", "secret_values",
     "is_local", "REDACTED", "check_exists", "redact_text", "check_allocation",
-    "input_checks",
+    "input_checks", "AUTO_TIMES",
 ]
 
 KINDS = ("nngp", "ntk")
@@ -421,13 +421,30 @@ class TilingOptions(Options):
     tile_size: int | None = setting(None, integer(1, optional=True),
                                     "points per tile side; null: the store's, else from the kernel's memory")
     workers: int | None = setting(None, integer(1, optional=True),
-                                  "tile actors; null: one per GPU of the cluster (without GPUs one per CPU)")
+                                  "tile actors at most; null: one per GPU of the cluster as it grows and shrinks "
+                                  "(without GPUs one per CPU)")
     cpus_per_worker: float = setting(1.0, number(positive=True), "CPUs each actor reserves")
     gpus_per_worker: float = setting(0.0, number(low=0), "GPUs each actor reserves (fractions share a GPU)")
     max_inflight: int = setting(2, integer(1), "tiles queued per actor")
     max_attempts: int = setting(3, integer(1), "tries of one tile before the build stops with TileFailed")
     lease_ttl: float = setting(60.0, number(positive=True),
                                "seconds the store's build lease lives without renewal")
+    wait_for_workers: float = setting(300.0, number(low=0),
+                                      "seconds a build waits for a node to run a worker on (joining nodes, "
+                                      "an autoscaler) before WorkersLost; 0: refuse at once")
+
+
+AUTO_TIMES = "auto"
+
+
+def _times(value, where):
+    """Check: "auto" (times chosen from the Gram's spectrum by the experiment), else a list of t >= 0 or inf."""
+    if isinstance(value, str) and value.strip().lower() == AUTO_TIMES:
+        return AUTO_TIMES
+    try:
+        return sequence(number(low=0, infinity=True))(value, where)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (or {AUTO_TIMES}: log-spaced times from the training Gram's spectrum)") from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -435,7 +452,10 @@ class SolverOptions(Options):
     """Kernel regression settings (YAML section `solver`); `predict` takes them directly.
 
     Every combination of `diag_reg` (R,) and `times` (T,) is computed from one
-    factorisation, eigendecomposition or Krylov basis per kind.
+    factorisation, eigendecomposition or Krylov basis per kind. `times: auto` (what an
+    experiment config gets when it leaves `times` out) is resolved by the experiment, per
+    kernel and kind, from the spectrum of the training Gram
+    (`raygram.experiment.run.spectral_times`); `predict` itself takes explicit times.
     """
 
     SECTION: ClassVar[str] = "solver"
@@ -444,8 +464,10 @@ class SolverOptions(Options):
     diag_reg: tuple[float, ...] = setting((1e-4,), sequence(number(low=0)),
                                           "ridges, relative to the mean diagonal unless diag_reg_absolute_scale")
     diag_reg_absolute_scale: bool = setting(False, boolean, "diag_reg in the kernel's own units")
-    times: tuple[float, ...] = setting((math.inf,), sequence(number(low=0, infinity=True)),
-                                       "training times (inf: infinite time), as neural_tangents.predict's t")
+    times: tuple[float, ...] | str = setting(
+        (math.inf,), lambda v, w: _times(v, w),
+        "training times t as neural_tangents.predict's (inf: infinite time), or auto: per kernel and kind "
+        "from the training Gram's spectrum (an experiment's default)")
     learning_rate: float = setting(1.0, number(positive=True), "gradient-descent learning rate")
     compute_variance: bool = setting(False, boolean, "also the predictive variances (reads the test kernels)")
     memory_budget: int | None = setting(None, parse_memory,
@@ -464,8 +486,13 @@ class DataOptions(Options):
     """Where the data comes from and how it is split (YAML section `data`).
 
     `train_sizes` are nested prefixes of one random training set, so one Gram per kernel
-    serves every size; `validation_size` held-out examples choose the ridge. A build-only
-    config (`source: npy`) leaves `train_sizes` and `test_size` out: every row is used.
+    serves every size; `validation_size` held-out examples choose the ridge. Inputs are
+    standardised with the statistics of the whole training pool (every example not held out
+    for validation or test), so they do not depend on which training sizes are listed.
+    `seeds: [0, 1, 2]` repeats the experiment over several splits (one store per seed and
+    kernel; results as mean ± standard error); `seed` is the single seed otherwise. A
+    build-only config (`source: npy`) leaves `train_sizes` and `test_size` out: every row
+    is used.
     """
 
     SECTION: ClassVar[str] = "data"
@@ -478,18 +505,42 @@ class DataOptions(Options):
     test_size: int | None = setting(None, integer(1, optional=True), "test examples")
     validation_size: int = setting(0, integer(0), "validation examples (choose the ridge)")
     seed: int = setting(0, integer(0), "split and test-transform seed")
+    seeds: tuple[int, ...] | None = setting(
+        None, lambda v, w: None if v is None else sequence(integer(0), unique=True)(v, w),
+        "repeat the experiment over these seeds (mean ± standard error); null: `seed` only")
     standardize: bool = setting(True, boolean, "standardise inputs per channel with training statistics")
     test_transform: str | None = setting(None, text(optional=True), "group whose random actions move test inputs")
 
     def check(self):
+        if self.seeds is not None and self.seed != 0:
+            raise ConfigError(f"data.seed and data.seeds: give one of them, got seed {self.seed} and seeds "
+                              f"{list(self.seeds)}")
         if self.source == "npy":
             if self.train_sizes is not None or self.test_size is not None:
                 raise ConfigError("data: source npy (build-only) uses every row of its arrays; "
                                   "leave train_sizes and test_size out")
+            if self.seeds is not None:
+                raise ConfigError("data.seeds: source npy (build-only) has no split to repeat; leave seeds out")
         else:
             for key in ("train_sizes", "test_size"):
                 if getattr(self, key) is None:
                     raise ConfigError(f"data.{key}: required key is missing")
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """The seeds the experiment runs: `seeds`, else (`seed`,)."""
+        return self.seeds if self.seeds is not None else (self.seed,)
+
+    def for_seed(self, seed: int) -> "DataOptions":
+        """These options for one run of the experiment.
+
+        Args:
+          seed: one of `all_seeds`.
+
+        Returns:
+          A copy with `seed` set and `seeds` unset, what `prepare_data` reads.
+        """
+        return dataclasses.replace(self, seed=seed, seeds=None)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -544,6 +595,15 @@ def _section(cls):
     return check
 
 
+def _solver_section(value, where):
+    """An experiment's solver section: `times` left out means auto (times from the Gram's spectrum)."""
+    if isinstance(value, SolverOptions):
+        return value
+    value = mapping(value, where)
+    value.setdefault("times", AUTO_TIMES)
+    return SolverOptions.from_mapping(value, where)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(Options):
     """A whole experiment (or build-only) config; `validate` / `load_config` make one from YAML."""
@@ -557,7 +617,8 @@ class Config(Options):
     storage_options: dict = setting({}, _storage_options, "fsspec options of object stores (endpoint_url, ...); "
                                     "credentials are better in the environment (AWS_PROFILE, ...)", repr=False)
     tiling: TilingOptions = setting(TilingOptions(), _section(TilingOptions), "Gram build")
-    solver: SolverOptions = setting(SolverOptions(), _section(SolverOptions), "kernel regression")
+    solver: SolverOptions = setting(SolverOptions(times=AUTO_TIMES), _solver_section,
+                                    "kernel regression (times: auto unless given)")
     tracking: TrackingOptions = setting(TrackingOptions(), _section(TrackingOptions), "MLflow")
     ray: RayOptions = setting(RayOptions(), _section(RayOptions), "Ray cluster")
 
@@ -571,9 +632,18 @@ class Config(Options):
         """True for configs whose data has no targets (source npy): they can be built, not solved."""
         return self.data.source == "npy"
 
-    def kernel_store(self, kernel: str) -> str:
-        """The store of one kernel: <store>/<kernel>."""
-        return self.store.rstrip("/") + "/" + kernel
+    def kernel_store(self, kernel: str, seed: int | None = None) -> str:
+        """The store of one kernel: <store>/<kernel>, or <store>/seed<seed>/<kernel> with `data.seeds`.
+
+        Args:
+          kernel: a name from `kernels`.
+          seed: the run's seed (one of `data.all_seeds`); needed only with `data.seeds`.
+        """
+        if self.data.seeds is None:
+            return self.store.rstrip("/") + "/" + kernel
+        if seed not in self.data.seeds:
+            raise ValueError(f"seed {seed!r} is not one of data.seeds {list(self.data.seeds)}")
+        return f"{self.store.rstrip('/')}/seed{seed}/{kernel}"
 
     def to_dict(self) -> dict:
         out = super().to_dict()

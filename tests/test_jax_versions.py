@@ -11,6 +11,7 @@ To recompute the reference values (on JAX 0.5.3 only):
     .venv/bin/python tests/test_jax_versions.py
 """
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -138,6 +139,43 @@ def test_empirical_ntk_runs_on_this_jax():
     grads = [jax.grad(lambda p, xi=xi: apply_fn(p, xi[None])[0, 0])(params) for xi in x]
     flat = np.stack([np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(gi)]) for gi in grads])
     np.testing.assert_allclose(ntk, flat @ flat.T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device_count", [0, -1])  # serial batches; pmap over this machine's devices
+def test_nt_batch_runs_on_this_jax(device_count):
+    # neural-tangents' batching (used by benchmarks/gram_build.py) against the direct kernel.
+    # Erf keeps the kernel smooth: ReLU's arccos amplifies the round-off of cos θ ≈ 1 on
+    # the diagonal, which batching computes from cross blocks. Each entry is the same
+    # per-pair arithmetic (3-feature sums) either way: equal to round-off.
+    kernel_fn = stax.serial(stax.Dense(2), stax.Erf(), stax.Dense(1))[2]
+    x = np.cos(0.3 * np.arange(8 * 3)).reshape(8, 3)
+    batched = nt.batch(kernel_fn, batch_size=4, device_count=device_count, store_on_device=False)
+    np.testing.assert_allclose(batched(x, None, "ntk"), kernel_fn(x, None, "ntk"), rtol=1e-13)
+
+
+POOL_AFTER_RELU = """
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+import raygram
+from neural_tangents import stax
+kernel_fn = stax.serial(stax.Conv(8, (3, 3), padding="SAME"), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))[2]
+x1 = np.sin(0.37 * np.arange(4 * 8 * 8 * 3)).reshape(4, 8, 8, 3)
+x2 = np.cos(0.29 * np.arange(2 * 8 * 8 * 3)).reshape(2, 8, 8, 3)  # no self-pairs: ReLU's arc-cosine
+for get in ("nngp", "ntk"):  # (the crash was in the NNGP program)
+    jitted = jax.jit(kernel_fn, static_argnames="get")(x1, x2, get=get)  # amplifies their round-off
+    np.testing.assert_allclose(jitted, kernel_fn(x1, x2, get=get), rtol=1e-12)
+print("ok")
+"""
+
+
+def test_jit_compiled_pooling_after_a_nonlinearity_runs_in_float64():
+    # jaxlib 0.10's AVX-512 CPU code crashed (SIGSEGV) on exactly this program; importing
+    # raygram before JAX starts its backend caps the code at AVX2 there (see
+    # raygram._neural_tangents). A fresh process, so that the backend starts after the import.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", POOL_AFTER_RELU], capture_output=True, text=True,
+                          timeout=600, env={**env, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 if __name__ == "__main__":

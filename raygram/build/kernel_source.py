@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from raygram._neural_tangents import x64
 from raygram.errors import ConfigError
 from raygram.kernels.architecture import (callable_network, canonical, check_outputs, network, python_reference,
                                           spec_json)
@@ -143,7 +144,7 @@ def traced_digest(kernel_fn: Callable, input_shape: tuple[int, ...], label: str 
 
     probe = jax.ShapeDtypeStruct((2,) + tuple(input_shape), np.float64)
     digest = hashlib.sha256()
-    with _x64():  # the same jaxpr whatever precision the caller's process runs in
+    with x64(True):  # the same jaxpr whatever precision the caller's process runs in
         for args, fn in (((probe, probe), lambda a, b: kernel_fn(a, b, PROBE_KINDS)),
                          ((probe,), lambda a: kernel_fn(a, None, PROBE_KINDS))):
             try:
@@ -158,17 +159,6 @@ def traced_digest(kernel_fn: Callable, input_shape: tuple[int, ...], label: str 
                 value = np.asarray(const)
                 digest.update(f"{value.dtype}{value.shape}".encode() + value.tobytes())
     return digest.hexdigest()
-
-
-def _x64():
-    """Context in which JAX traces in float64: `jax.enable_x64` in newer JAX, `jax.experimental.enable_x64` before."""
-    import jax
-
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64
-
-    return enable_x64()
 
 
 def pickled(kernel_fn: Callable, label: str = "kernel_fn") -> bytes:

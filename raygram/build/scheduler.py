@@ -9,6 +9,15 @@ into the store themselves; the driver only sees tile ids and timings. A tile who
 died goes back to the queue (a fresh actor replaces the dead one); a tile that fails
 `max_attempts` times stops the build with `TileFailed`, naming the tile and the cause.
 Rerunning a build skips every tile already in the store.
+
+The pool follows the cluster (multi-node builds, autoscaled clusters): between tile
+completions the driver looks at the live nodes every `POLL_S` seconds and starts an
+actor wherever room for one has appeared, up to `tiling.workers`. An actor that died
+with its node (a node removed, preempted or lost) is dropped without counting against
+the tile or the replacement budget, and its tiles go to the others. A build that finds
+no node able to run a worker waits `tiling.wait_for_workers` seconds for one (asking an
+autoscaler for it with `request_resources`) before it stops with `WorkersLost`; a Ray
+instance the driver started itself cannot gain nodes and is refused at once.
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import socket
 import stat
 import sys
@@ -29,9 +39,10 @@ import numpy as np
 from raygram.build.lease import BuildLease, process_alive
 from raygram.build.worker import TileWorker, jax_env
 from raygram.config import DTYPES, KINDS, TilingOptions, check_widths, is_local
-from raygram.errors import (CompileFailed, ConfigError, FingerprintMismatch, StoreError, TileFailed,
-                            WorkersLost)
+from raygram.errors import (BuildError, CompileFailed, ConfigError, FingerprintMismatch, StoreError,
+                            TileFailed, WorkersLost)
 from raygram.build.kernel_source import kernel_source
+from raygram.kernels.architecture import check_architecture
 from raygram.store.gram_store import GramStore, describe_difference, fingerprint
 from raygram.store.plan import TilePlan, balanced_tile_size, fit_tile_size
 
@@ -43,11 +54,14 @@ PROBE_SIZES = (2, 4, 8)  # tile sizes at which a worker measures XLA's peak memo
 # but keep at least MIN_TILE points a tile so per-tile overheads stay small.
 MIN_TILE = 32
 TARGET_GRID = 32
+POLL_S = 2.0  # seconds between looks at the cluster's nodes while tiles run or while waiting for a node
+# Ray's message for an actor that died with its node (GCS, Ray 2.x).
+NODE_DIED = re.compile(r"its node has died\. Node Id: ([0-9a-fA-F]+)")
 
 
 @dataclasses.dataclass
 class BuildReport:
-    """What a build did: tile counts, wall time and per-worker timings (seconds)."""
+    """What a build did: tile counts, wall time, per-worker timings (seconds) and per-node tile counts."""
 
     store: str
     tile_size: int
@@ -59,6 +73,28 @@ class BuildReport:
     workers: list[dict]
     resubmitted: int = 0
     repaired: list[str] = dataclasses.field(default_factory=list)
+    nodes: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """Ray node id -> {"ip", "host", "tiles", "workers", "lost", "unavailable"}: where the tiles were
+    computed; `lost` marks a node that left during the build, `unavailable` one whose worker could not
+    be reached when the build ended (a node lost just before, not yet declared dead by Ray)."""
+
+    @property
+    def tiles_per_node(self) -> dict[str, int]:
+        """Tiles computed on each Ray node (node id -> tiles)."""
+        return {node: entry["tiles"] for node, entry in self.nodes.items()}
+
+    def summary(self) -> str:
+        """The report as text: one line of totals, then one line per Ray node when there are several."""
+        lines = [f"{self.tiles_computed} tiles computed, {self.tiles_skipped} already stored"
+                 + (f", {len(self.repaired)} repaired" if self.repaired else "")
+                 + (f", {self.resubmitted} resubmitted" if self.resubmitted else "")
+                 + f" ({self.wall_s:.1f} s) -> {self.store}"]
+        if len(self.nodes) > 1:
+            for node, entry in sorted(self.nodes.items(), key=lambda item: (item[1]["ip"], item[0])):
+                lines.append(f"  node {entry['ip']} ({node[:8]}): {entry['tiles']} tiles, {entry['workers']} "
+                             f"worker(s)" + (", left during the build" if entry["lost"] else "")
+                             + (", unreachable at the end" if entry.get("unavailable") and not entry["lost"] else ""))
+        return "\n".join(lines)
 
     @property
     def compute_share(self) -> float:
@@ -77,7 +113,7 @@ class BuildReport:
         return {"tiles_computed": self.tiles_computed, "tiles_skipped": self.tiles_skipped,
                 "entries_computed": self.entries_computed, "wall_s": self.wall_s,
                 "entries_per_s": self.entries_computed / self.wall_s if self.wall_s else 0.0,
-                "compute_share": self.compute_share, "resubmitted": self.resubmitted,
+                "compute_share": self.compute_share, "resubmitted": self.resubmitted, "nodes": len(self.nodes),
                 **{f"worker_{key}": value for key, value in totals.items()}}
 
 
@@ -241,18 +277,149 @@ def _check_fingerprint(gram: GramStore, wanted: dict) -> None:
             f"{describe_difference(stored, wanted)}\nUse a new store path, or the original settings.")
 
 
-def _worker_count(workers: int | None, num_cpus: float, num_gpus: float) -> tuple[int, int]:
-    """(workers asked for, workers the cluster runs at once): `workers`, else as many as the cluster's
-    GPUs (or, without GPUs, CPUs) hold; refuses workers that could never start."""
+def _fits(resources: dict, num_cpus: float, num_gpus: float) -> int:
+    """Workers that one node with these Ray resources runs at once."""
+    count = int(resources.get("CPU", 0) / num_cpus + 1e-9)
+    if num_gpus > 0:
+        count = min(count, int(resources.get("GPU", 0) / num_gpus + 1e-9))
+    return count
+
+
+def cluster_capacity(num_cpus: float, num_gpus: float) -> int:
+    """Workers the live nodes of the connected Ray cluster run at once (each worker on one node).
+
+    Args:
+      num_cpus: CPUs each worker reserves.
+      num_gpus: GPUs each worker reserves (0: a CPU worker).
+
+    Returns:
+      The sum over live nodes of the workers each node's resources hold (resources in use
+      by other jobs count as free: their workers then wait until they are).
+    """
     import ray
 
+    return sum(_fits(node["Resources"], num_cpus, num_gpus) for node in ray.nodes() if node["Alive"])
+
+
+def _live_nodes() -> set[str]:
+    import ray
+
+    return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+
+
+def _fixed_cluster() -> bool:
+    """Whether this process started its Ray instance itself (`ray.init()` without an address).
+
+    Such an instance is the driver's own machine: no autoscaler adds nodes to it, so a build
+    there does not wait for resources it lacks.
+    """
+    try:
+        from ray._private import worker
+    except ImportError:
+        return False
+    return bool(getattr(getattr(worker, "_global_node", None), "head", False))
+
+
+def _shortfall(num_cpus: float, num_gpus: float) -> str | None:
+    """Why no node of the cluster can run a worker now (None when one can), naming the setting."""
+    import ray
+
+    if cluster_capacity(num_cpus, num_gpus):
+        return None
     resources = ray.cluster_resources()
     for name, need in (("CPU", num_cpus), ("GPU", num_gpus)):
         if need > resources.get(name, 0):
-            raise ConfigError(f"tiling.{name.lower()}s_per_worker: each worker asks for {need:g} {name}s but the "
-                              f"Ray cluster has {resources.get(name, 0):g}")
-    capacity = max(1, int(resources["GPU"] // num_gpus) if num_gpus > 0 else int(resources["CPU"] // num_cpus))
-    return (capacity if workers is None else workers), capacity
+            return (f"tiling.{name.lower()}s_per_worker: each worker asks for {need:g} {name}s but the "
+                    f"Ray cluster has {resources.get(name, 0):g}")
+    return (f"tiling.cpus_per_worker, tiling.gpus_per_worker: each worker asks for {num_cpus:g} CPUs and "
+            f"{num_gpus:g} GPUs on one node, but no node of the Ray cluster has that many")
+
+
+def _request_workers(num_cpus: float, num_gpus: float, count: int) -> None:
+    """Ask an autoscaler for `count` workers' resources (count 0: withdraw the request).
+
+    `ray.autoscaler.sdk.request_resources` keeps one request per cluster; without an
+    autoscaler it is only recorded. A failure here never stops a build.
+    """
+    bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus > 0 else {})}
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[bundle] * count)
+    except Exception as e:  # noqa: BLE001 - a hint to the autoscaler; the build goes on without it
+        log.debug("request_resources(%d x %s) failed: %s", count, bundle, e)
+
+
+def _node_died(node: str | None, error: BaseException) -> bool:
+    """Whether a worker that raised `error` died with its Ray node (`node`: its id, if known)."""
+    if NODE_DIED.search(str(error)):
+        return True
+    return node is not None and node not in _live_nodes()
+
+
+class _Capacity:
+    """How many workers the build wants now: `tiling.workers` at most, what the live nodes hold,
+    no more than the tiles left; and the wait for a first node."""
+
+    def __init__(self, tiling: TilingOptions):
+        self.num_cpus, self.num_gpus = tiling.cpus_per_worker, tiling.gpus_per_worker
+        self.workers, self.wait = tiling.workers, tiling.wait_for_workers
+        self.requested = 0
+
+    def target(self, tiles_left: int | None = None) -> int:
+        """Workers to run now (`tiles_left`: a cap, None: none)."""
+        count = cluster_capacity(self.num_cpus, self.num_gpus)
+        if self.workers is not None:
+            count = min(count, self.workers)
+        return count if tiles_left is None else min(count, tiles_left)
+
+    def request(self) -> None:
+        """Ask an autoscaler for `tiling.workers` workers (one when unset) if the cluster holds fewer."""
+        wanted = self.workers or 1
+        if cluster_capacity(self.num_cpus, self.num_gpus) < wanted:
+            _request_workers(self.num_cpus, self.num_gpus, wanted)
+            self.requested = wanted
+
+    def withdraw(self) -> None:
+        """Withdraw this build's request to the autoscaler, if it made one."""
+        if self.requested:
+            _request_workers(self.num_cpus, self.num_gpus, 0)
+            self.requested = 0
+
+    def refuse_now(self) -> bool:
+        """Whether a lack of nodes fails at once: no waiting asked for, or a cluster that cannot grow."""
+        return self.wait <= 0 or _fixed_cluster()
+
+    def await_first(self, check: Callable[[], None] | None = None) -> int:
+        """Block until the cluster can run a worker; returns the workers to start.
+
+        Args:
+          check: called at every look (the build's lease check).
+
+        Raises:
+          ConfigError: none fits and the build may not wait (`refuse_now`).
+          WorkersLost: none fits after `tiling.wait_for_workers` seconds.
+        """
+        target = self.target()
+        if target:
+            return target
+        problem = _shortfall(self.num_cpus, self.num_gpus) or "no node can run a tile worker"
+        if self.refuse_now():
+            raise ConfigError(problem)
+        self.request()
+        log.warning("no Ray node can run a tile worker yet (%s); waiting up to %g s for one to join "
+                    "(tiling.wait_for_workers)", problem, self.wait)
+        deadline = time.monotonic() + self.wait
+        while not target:
+            if time.monotonic() >= deadline:
+                raise WorkersLost(f"no Ray node could run a tile worker within tiling.wait_for_workers = "
+                                  f"{self.wait:g} s ({problem}); add nodes, or raise wait_for_workers")
+            if check is not None:
+                check()
+            time.sleep(min(POLL_S, max(0.05, deadline - time.monotonic())))
+            target = self.target()
+        log.info("a Ray node can run %d tile worker(s) now", target)
+        return target
 
 
 def _choose_tile_size(actor, n_train: int, workers_per_device: int) -> int:
@@ -296,33 +463,55 @@ class _Progress:
 
 
 class _Workers:
-    """The actor pool: creation, compiling, replacement of dead actors, load and timings.
+    """The actor pool: creation, compiling, growth, replacement of dead actors, load and timings.
 
     A worker gets tiles only once its `prepare` (compile) call has returned: threaded
-    actors do not keep call order.
+    actors do not keep call order. The replacement budget is `max_attempts` per slot the
+    pool has ever had: a pool that grows with its cluster gains budget, one that refills
+    a slot after a crash does not (a worker that keeps crashing stops the build).
+
+    A worker whose call failed with `ActorUnavailableError` (its connection broke: the
+    process or its whole node may be gone, which Ray confirms only once the node's health
+    checks have failed) is suspended: it gets no tiles, and a `__ray_ready__` probe tells
+    whether it is back (it gets tiles again) or dead (dropped as `drop` says).
     """
 
-    def __init__(self, make, count: int, max_replacements: int):
+    def __init__(self, make, max_attempts: int):
         self.make = make
+        self.max_attempts = max_attempts
         self.actors: dict[int, object] = {}
         self.load: dict[int, int] = {}  # tiles queued on each prepared worker
         self.stats: dict[int, dict] = {}
         self.preparing: dict = {}  # ObjectRef of a `prepare` call -> worker index
         self.inflight: dict = {}  # ObjectRef of a `run` call -> (tile, worker index)
+        self.probes: dict = {}  # ObjectRef of a suspended worker's `__ray_ready__` call -> worker index
+        self.reprobe: list[tuple[float, int]] = []  # (when, worker index): probes to send again
         self.plan = self.store = None
-        self.replacements_left = max_replacements
+        self.slots = 0  # the most workers alive at once so far
+        self.replacements_left = 0
         self.replaced = 0
-        for _ in range(count):
-            self.add()
 
     def add(self) -> int:
         index = len(self.stats)
         self.actors[index] = self.make()
         self.stats[index] = {"worker": index, "tiles": 0, "compute_s": 0.0, "write_s": 0.0,
-                             "idle_s": 0.0, "compile_s": 0.0, "pid": None, "host": None, "died": False}
+                             "idle_s": 0.0, "compile_s": 0.0, "pid": None, "host": None, "node": None,
+                             "ip": None, "died": False, "node_lost": False}
+        if len(self.actors) > self.slots:
+            self.slots = len(self.actors)
+            self.replacements_left += self.max_attempts
         if self.plan is not None:
             self.preparing[self.actors[index].prepare.remote(self.plan, self.store)] = index
         return index
+
+    def grow(self, target: int) -> int:
+        """Start workers until `target` are alive; returns how many were started."""
+        started = 0
+        while len(self.actors) < target:
+            index = self.add()
+            started += 1
+            log.debug("worker %d started (pool of %d)", index, len(self.actors))
+        return started
 
     def prepare(self, plan: TilePlan, store: GramStore) -> None:
         self.plan, self.store = plan.to_dict(), store
@@ -330,32 +519,106 @@ class _Workers:
             self.preparing[actor.prepare.remote(self.plan, self.store)] = index
 
     def prepared(self, ref) -> None:
-        """A `prepare` call returned: record its compile time and start sending tiles."""
+        """A `prepare` call returned: record its compile time and node, and start sending tiles."""
         import ray
 
         index = self.preparing.pop(ref)
         self.stats[index].update(ray.get(ref))
         self.load[index] = 0
 
-    def replace(self, index: int, cause: BaseException) -> None:
+    def drop(self, index: int, cause: BaseException) -> bool:
+        """Remove a worker whose call failed with an actor error; True when it died with its node.
+
+        A worker lost with its node is not replaced here (the pool grows back where the
+        cluster has room) and costs no replacement. Any other death is replaced at once,
+        within the replacement budget.
+
+        Raises:
+          WorkersLost: workers keep dying on live nodes (the budget is spent).
+        """
         import ray
 
         if index not in self.actors:
-            return  # already replaced after an earlier failed call
-        log.warning("worker %d died: %s; replacing it", index, cause)
+            return self.stats[index]["node_lost"]  # already dropped after an earlier failed call
+        stats = self.stats[index]
+        lost = _node_died(stats["node"], cause)
         ray.kill(self.actors.pop(index), no_restart=True)
         self._wait_exit([index])
         self.load.pop(index, None)
-        self.stats[index]["died"] = True
+        stats["died"], stats["node_lost"] = True, lost
+        if lost:
+            log.warning("worker %d left with its node %s (%s); its tiles go to the other workers",
+                        index, stats["ip"] or "?", (stats["node"] or "?")[:8])
+            return True
+        log.warning("worker %d died: %s; replacing it", index, cause)
         if self.replacements_left <= 0:
             raise WorkersLost(f"workers keep dying ({self.replaced} replaced); last cause: "
                               f"{type(cause).__name__}: {cause}")
         self.replacements_left -= 1
         self.replaced += 1
         self.add()
+        return False
+
+    def suspend(self, index: int) -> None:
+        """Send a worker whose connection broke no more tiles until a probe says it is alive."""
+        if index not in self.actors or index not in self.load:
+            return  # dropped, or suspended already
+        del self.load[index]
+        log.warning("worker %d is unavailable; its tiles go back to the queue until Ray says whether it lives",
+                    index)
+        self.probes[self.actors[index].__ray_ready__.remote()] = index
+
+    def probed(self, ref) -> None:
+        """A probe returned: resume the worker, probe it again later, or drop it (`drop`)."""
+        import ray
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        index = self.probes.pop(ref)
+        try:
+            ray.get(ref)
+        except ActorUnavailableError:
+            self.reprobe.append((time.monotonic() + POLL_S, index))
+        except RayActorError as e:
+            self.drop(index, e)
+        else:
+            if index in self.actors:
+                log.info("worker %d is available again", index)
+                self.load[index] = 0
+
+    def send_probes(self) -> None:
+        """Probe again the suspended workers whose wait is over."""
+        now, waiting = time.monotonic(), []
+        for when, index in self.reprobe:
+            if index not in self.actors:
+                continue
+            if when > now:
+                waiting.append((when, index))
+            else:
+                self.probes[self.actors[index].__ray_ready__.remote()] = index
+        self.reprobe = waiting
 
     def least_loaded(self) -> list[int]:
         return sorted(self.load, key=self.load.get)
+
+    def nodes(self) -> dict[str, dict]:
+        """Node id -> {"ip", "host", "tiles", "workers", "lost", "unavailable"} over every worker that
+        started; `unavailable`: a worker there was still suspended when the build ended (its node
+        unreachable, not yet declared dead by Ray)."""
+        for index in self.actors:
+            if index not in self.load and index in self.stats and self.stats[index]["node"] is not None \
+                    and index not in self.preparing.values():
+                self.stats[index]["unavailable"] = True
+        out: dict[str, dict] = {}
+        for stats in self.stats.values():
+            if stats["node"] is None:
+                continue
+            entry = out.setdefault(stats["node"], {"ip": stats["ip"], "host": stats["host"], "tiles": 0,
+                                                   "workers": 0, "lost": False, "unavailable": False})
+            entry["tiles"] += stats["tiles"]
+            entry["workers"] += 1
+            entry["lost"] = entry["lost"] or stats["node_lost"]
+            entry["unavailable"] = entry["unavailable"] or stats.get("unavailable", False)
+        return out
 
     def shutdown(self, timeout: float = 60.0):
         """Kill every actor and wait until their pending calls have ended.
@@ -374,6 +637,8 @@ class _Workers:
             ray.wait(pending, num_returns=len(pending), timeout=timeout)
         self.inflight.clear()
         self.preparing.clear()
+        self.probes.clear()
+        self.reprobe.clear()
         self._wait_exit(killed, timeout)
 
     def _wait_exit(self, indices, timeout: float = 60.0):
@@ -454,38 +719,68 @@ def build_gram(store: str | GramStore, architecture, x_train, x_test=None, *, na
     if not ray.is_initialized():
         ray.init()
     num_cpus, num_gpus = tiling.cpus_per_worker, tiling.gpus_per_worker
-    wanted_workers, capacity = _worker_count(tiling.workers, num_cpus, num_gpus)
+    capacity = _Capacity(tiling)
     n_test = 0 if x_test is None else len(x_test)
-    # No more workers than tiles: start what the cluster runs now (or what the known plan
-    # needs), the rest once the tile size is known.
-    start = min(wanted_workers, capacity if tile_size is None else _tile_count(len(x_train), n_test, tile_size))
     x_refs = ray.put(x_train), (None if x_test is None else ray.put(x_test))
     actor_class = ray.remote(TileWorker).options(
         num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=2, max_restarts=0, max_task_retries=0,
         runtime_env={"env_vars": jax_env(num_gpus, num_cpus)})
     pool = _Workers(lambda: actor_class.remote(checked.kernel, checked.kinds, checked.dtype, *x_refs),
-                    start, max_replacements=tiling.max_attempts * start)
+                    tiling.max_attempts)
     try:
+        # No more workers than tiles: start what the cluster runs now (or what the known plan
+        # needs), the rest once the tile size is known; later ones as nodes join.
+        start = capacity.await_first()
+        capacity.request()
+        if tile_size is not None:
+            start = min(start, _tile_count(len(x_train), n_test, tile_size))
+        pool.grow(start)
         if tile_size is None:
             per_device = max(1, round(1 / num_gpus)) if num_gpus > 0 else start
-            tile_size = _choose_tile_size(pool.actors[0], len(x_train), per_device)
+            tile_size = _probe_tile_size(pool, capacity, len(x_train), per_device)
         plan = TilePlan(len(x_train), n_test, int(tile_size))
-        for _ in range(min(wanted_workers, _tile_count(len(x_train), n_test, plan.tile_size)) - start):
-            pool.add()
-            pool.replacements_left += tiling.max_attempts
+        pool.grow(capacity.target(_tile_count(len(x_train), n_test, plan.tile_size)))
         wanted = {**checked.base, "tile_size": plan.tile_size}
         lease = BuildLease(gram, ttl=tiling.lease_ttl)
         try:
             lease.acquire()
+        except StoreError:
+            raise  # StoreLocked and its kin say what is wrong already
         except OSError as e:
             raise StoreError(f"cannot write to the store at {gram.url}: {e}") from e
         try:
-            return _run(_Build(gram, wanted, plan, pool, lease, tiling, verify, progress, on_tile, started))
+            return _run(_Build(gram, wanted, plan, pool, lease, tiling, verify, progress, on_tile, started,
+                               capacity))
         finally:
             pool.shutdown()  # no worker may write once the lease is gone
             lease.release()
     finally:
         pool.shutdown()
+        capacity.withdraw()
+
+
+def _worker_error(index: int, error) -> BuildError:
+    """The raygram error for a worker call that raised (a `RayTaskError`): a `BuildError` the
+    worker raised itself (its GPU check) as it is, anything else as `CompileFailed`."""
+    cause = error.cause if error.cause is not None else error
+    if isinstance(cause, BuildError) and not isinstance(cause, CompileFailed):
+        return type(cause)(str(cause))
+    return CompileFailed(f"worker {index} could not compile the kernel: {cause!r}")
+
+
+def _probe_tile_size(pool: _Workers, capacity: _Capacity, n_train: int, per_device: int) -> int:
+    """`_choose_tile_size` on the pool's first worker, on another one if that worker dies."""
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+    while True:
+        index = min(pool.actors)
+        try:
+            return _choose_tile_size(pool.actors[index], n_train, per_device)
+        except (RayActorError, ActorUnavailableError) as e:
+            pool.drop(index, e)  # WorkersLost when workers keep dying
+            pool.grow(capacity.await_first())
+        except RayTaskError as e:
+            raise _worker_error(index, e) from e
 
 
 def _tile_count(n_train: int, n_test: int, tile_size: int) -> int:
@@ -521,6 +816,8 @@ def _check(store, architecture, x_train, x_test, kinds, dtype, tiling, storage_o
         raise ConfigError(f"tiling must be a TilingOptions, got {type(tiling).__name__}")
     x_train, x_test, kinds, dtype = check_inputs(x_train, x_test, kinds, dtype)
     check_widths(architecture)
+    if isinstance(architecture, list):  # a layer list: each layer's shapes first, naming the bad one
+        check_architecture(architecture, x_train.shape[1:], kinds, dtype)
     kernel = kernel_source(architecture, x_train, name=name)  # a bad layer or kernel fails here, before any work
     gram = open_store(store, storage_options)
     base = fingerprint(kernel.description, kinds, dtype, x_train, x_test, 0)  # hashes the data once
@@ -590,12 +887,15 @@ def check_build(store: str | os.PathLike | GramStore, architecture, x_train, x_t
 
 
 def check_resources(tiling: TilingOptions) -> None:
-    """Refuse workers the Ray cluster could never start (more CPUs or GPUs each than it has).
+    """Refuse workers that no node of the Ray cluster can run, unless the build may wait for one.
 
+    A build waits (`tiling.wait_for_workers` > 0) on a cluster it joined, where nodes can
+    join or an autoscaler add them; a Ray instance this process started itself cannot
+    grow, so there, as with `wait_for_workers: 0`, the lack is refused at once.
     Initialises Ray as `build_gram` does (`ray.init()`) unless it is initialised.
 
     Args:
-      tiling: `cpus_per_worker`, `gpus_per_worker` and `workers`.
+      tiling: `cpus_per_worker`, `gpus_per_worker` and `wait_for_workers`.
 
     Raises:
       ConfigError: naming `tiling.cpus_per_worker` or `tiling.gpus_per_worker`.
@@ -604,7 +904,13 @@ def check_resources(tiling: TilingOptions) -> None:
 
     if not ray.is_initialized():
         ray.init()
-    _worker_count(tiling.workers, tiling.cpus_per_worker, tiling.gpus_per_worker)
+    capacity = _Capacity(tiling)
+    problem = _shortfall(tiling.cpus_per_worker, tiling.gpus_per_worker)
+    if problem is not None and capacity.refuse_now():
+        raise ConfigError(problem)
+    if problem is not None:
+        log.info("%s yet; the build will wait up to %g s for a node (tiling.wait_for_workers)", problem,
+                 tiling.wait_for_workers)
 
 
 def build_fingerprint(architecture, x_train, x_test=None, *, name: str | None = None,
@@ -647,10 +953,17 @@ class _Build:
     progress: bool
     on_tile: Callable[[dict], None] | None
     started: float
+    capacity: _Capacity
 
 
 def _run(build: _Build) -> BuildReport:
-    """Dispatch every missing tile to the workers until all are stored (or one fails for good)."""
+    """Dispatch every missing tile to the workers until all are stored (or one fails for good).
+
+    Every `POLL_S` seconds (and whenever the pool is empty) the pool grows to what the
+    live nodes hold. A tile whose worker died with its node goes back to the queue without
+    counting as an attempt; a pool left without workers waits `tiling.wait_for_workers`
+    seconds for a node before `WorkersLost`.
+    """
     import ray
     from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
@@ -675,36 +988,62 @@ def _run(build: _Build) -> BuildReport:
     inflight = pool.inflight
     attempts = collections.Counter()
     resubmitted = entries = computed = 0
+    looked = time.monotonic()
+    empty_since = None  # when the pool lost its last worker
     try:
         while todo or inflight:
             lease.check()
+            if not pool.actors or time.monotonic() - looked >= POLL_S:
+                looked = time.monotonic()
+                pool.send_probes()
+                started = pool.grow(build.capacity.target(len(todo) + len(inflight)))
+                if started:
+                    log.info("%d worker(s) started on nodes that joined (pool of %d)", started, len(pool.actors))
+            if not pool.actors:
+                empty_since = _wait_for_nodes(build.capacity, empty_since)
+                continue
+            empty_since = None
             for index in pool.least_loaded():
                 while pool.load[index] < max_inflight and todo:
                     tile = todo.popleft()
                     inflight[pool.actors[index].run.remote(tile)] = (tile, index)
                     pool.load[index] += 1
                     log.debug("dispatch %s to worker %d", tile, index)
-            waiting = list(inflight) + list(pool.preparing)
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=lease.ttl / 3)
+            waiting = list(inflight) + list(pool.preparing) + list(pool.probes)
+            if not waiting:  # every worker is suspended, awaiting its next probe
+                time.sleep(min(POLL_S, lease.ttl / 3))
+                continue
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=min(lease.ttl / 3, POLL_S))
             for ref in ready:
+                if ref in pool.probes:
+                    pool.probed(ref)
+                    continue
                 if ref in pool.preparing:
                     index = pool.preparing[ref]
                     try:
                         pool.prepared(ref)
                     except (RayActorError, ActorUnavailableError) as e:
                         pool.preparing.pop(ref, None)  # `prepared` pops it before reading the result
-                        pool.replace(index, e)
+                        pool.drop(index, e)
                     except RayTaskError as e:
-                        raise CompileFailed(f"worker {index} could not compile the kernel: {e.cause!r}") from e
+                        raise _worker_error(index, e) from e
                     continue
                 tile, index = inflight.pop(ref)
                 if index in pool.load:
                     pool.load[index] -= 1
                 try:
                     result = ray.get(ref)
-                except (RayActorError, ActorUnavailableError) as e:
+                except ActorUnavailableError:
+                    pool.suspend(index)  # the tile may or may not have run: not the tile's fault
+                    resubmitted += 1
+                    todo.appendleft(tile)
+                    continue
+                except RayActorError as e:
                     cause = e
-                    pool.replace(index, e)
+                    if pool.drop(index, e):
+                        resubmitted += 1  # its node left: not the tile's fault
+                        todo.appendleft(tile)
+                        continue
                 except RayTaskError as e:
                     cause = e.cause if e.cause is not None else e
                     log.warning("tile %s failed on worker %d: %s", tile, index, cause)
@@ -717,7 +1056,7 @@ def _run(build: _Build) -> BuildReport:
                     entries += plan.entries(tile)
                     bar.update(plan.entries(tile))
                     if on_tile is not None:
-                        on_tile(result)
+                        on_tile({**result, "worker": index, "node": stats["node"], "ip": stats["ip"]})
                     continue
                 attempts[tile] += 1
                 if attempts[tile] >= max_attempts:
@@ -730,4 +1069,27 @@ def _run(build: _Build) -> BuildReport:
     return BuildReport(store=gram.url, tile_size=plan.tile_size, tiles_total=bar.tiles_total,
                        tiles_skipped=len(done), tiles_computed=computed, entries_computed=entries,
                        wall_s=time.perf_counter() - build.started, workers=list(pool.stats.values()),
-                       resubmitted=resubmitted, repaired=repaired)
+                       resubmitted=resubmitted, repaired=repaired, nodes=pool.nodes())
+
+
+def _wait_for_nodes(capacity: _Capacity, empty_since: float | None) -> float:
+    """One wait of a build whose every worker has left with its node; returns when the wait began.
+
+    Raises:
+      WorkersLost: no node came back within `tiling.wait_for_workers` seconds (at once
+        when the build may not wait).
+    """
+    now = time.monotonic()
+    if empty_since is None:
+        if capacity.refuse_now():
+            raise WorkersLost("every tile worker left with its node, and the build may not wait for another "
+                              "(tiling.wait_for_workers is 0)")
+        capacity.request()
+        log.warning("every tile worker left with its node; waiting up to %g s for a node "
+                    "(tiling.wait_for_workers)", capacity.wait)
+        return now
+    if now - empty_since >= capacity.wait:
+        raise WorkersLost(f"every tile worker left with its node and none could start again within "
+                          f"tiling.wait_for_workers = {capacity.wait:g} s")
+    time.sleep(min(POLL_S, capacity.wait))
+    return empty_since

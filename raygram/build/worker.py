@@ -4,6 +4,12 @@ One long-lived actor per GPU (or per CPU worker): it loads the kernel from its `
 compiles one executable per tile shape (off-diagonal, diagonal, test self-kernels),
 computes a tile, checks it is finite, writes it straight into the zarr store and
 returns only the tile id and timings to the driver.
+
+A worker that Ray gave GPUs checks, before its first use of JAX, that JAX sees a GPU: a
+node whose JAX has no GPU support (a CPU-only `jaxlib`, missing CUDA libraries) would
+otherwise compute every tile on its CPU without a word. `RAYGRAM_EMULATED_GPUS=1` (in the
+node's or the driver's environment) turns the check off, for clusters whose nodes only
+advertise GPUs (`ray start --num-gpus=1` on a CPU machine, as the multi-node tests do).
 """
 from __future__ import annotations
 
@@ -14,8 +20,10 @@ import time
 
 import numpy as np
 
-from raygram.errors import CompileFailed
+from raygram.errors import BuildError, CompileFailed
 from raygram.store.plan import Tile, TilePlan
+
+EMULATED_GPUS = "RAYGRAM_EMULATED_GPUS"  # "1": GPUs given by Ray need not be visible to JAX
 
 
 def jax_env(num_gpus: float, num_cpus: float = 1) -> dict[str, str]:
@@ -25,17 +33,44 @@ def jax_env(num_gpus: float, num_cpus: float = 1) -> dict[str, str]:
     only its share (`num_gpus`, minus headroom for CUDA contexts) and allocates on
     demand. CPU workers are kept off any GPU of the node, and a one-CPU worker runs
     XLA single-threaded: local builds run one worker per core, and XLA's own threads
-    would only fight over the same cores.
+    would only fight over the same cores. The driver's own `XLA_FLAGS` (e.g. the CPU
+    code cap of `raygram._neural_tangents` on JAX 0.10) are kept.
     """
     if num_gpus <= 0:
         env = {"JAX_PLATFORMS": "cpu"}
         if num_cpus <= 1:
-            env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            own = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {own}".strip()  # after the driver's
         return env
     env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     if num_gpus < 1:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * num_gpus:.3f}"
+    if os.environ.get(EMULATED_GPUS):  # the driver's opt-out reaches every worker
+        env[EMULATED_GPUS] = os.environ[EMULATED_GPUS]
     return env
+
+
+def check_gpus(gpu_ids, platforms, environ=None) -> None:
+    """Refuse a worker that Ray gave GPUs but whose JAX sees none.
+
+    Args:
+      gpu_ids: the GPU ids Ray assigned to the worker (`ray.get_gpu_ids()`); empty for a
+        CPU worker, which passes.
+      platforms: the platforms of the devices JAX sees (`{d.platform for d in jax.devices()}`).
+      environ: the environment to read `RAYGRAM_EMULATED_GPUS` from (default `os.environ`);
+        "1" turns the check off.
+
+    Raises:
+      BuildError: GPUs were given but JAX sees only CPUs, naming the host and the opt-out.
+    """
+    environ = os.environ if environ is None else environ
+    if not gpu_ids or set(platforms) - {"cpu"} or environ.get(EMULATED_GPUS) == "1":
+        return
+    raise BuildError(
+        f"the tile worker on host {socket.gethostname()} was given GPU(s) {list(gpu_ids)} by Ray, but JAX there "
+        f"sees only {sorted(platforms)} devices: install JAX with GPU support on that node (e.g. "
+        f"'jax[cuda12]', and check that CUDA_VISIBLE_DEVICES is not emptied), or, on a cluster that only "
+        f"advertises GPUs, set {EMULATED_GPUS}=1")
 
 
 class TileWorker:
@@ -61,6 +96,21 @@ class TileWorker:
         self.compiled = {}
         self.device = threading.Lock()
         self.last_compute_end = None
+        self._devices_checked = False
+
+    def check_devices(self) -> None:
+        """`check_gpus` for this worker, once; every method that uses JAX calls it first.
+
+        Not in `__init__`: an exception there kills the actor, and the driver sees only an
+        actor that died, not this error.
+        """
+        if self._devices_checked:
+            return
+        import jax
+        import ray
+
+        check_gpus(ray.get_gpu_ids(), {d.platform for d in jax.devices()})
+        self._devices_checked = True
 
     @property
     def kernel_fn(self):
@@ -84,6 +134,7 @@ class TileWorker:
         """XLA's peak bytes (arguments + outputs + temporaries) of an off-diagonal tile per size."""
         import jax
 
+        self.check_devices()
         out = []
         for t in sizes:
             x = jax.ShapeDtypeStruct((t,) + self.x["train"].shape[1:], self.dtype)
@@ -98,6 +149,7 @@ class TileWorker:
         import jax
         import psutil
 
+        self.check_devices()
         stats = jax.devices()[0].memory_stats() or {}
         if "bytes_limit" in stats:
             return int(0.8 * stats["bytes_limit"])
@@ -107,16 +159,22 @@ class TileWorker:
     def prepare(self, plan: dict, store) -> dict:
         """Adopt the build's plan and store, compile every tile shape it needs.
 
-        Returns the compile seconds and this process's pid and host. The driver sends
-        tiles only once this has returned (a threaded actor does not keep call order).
+        Returns the compile seconds, this process's pid and host, and the Ray node it runs
+        on (id and IP). The driver sends tiles only once this has returned (a threaded actor
+        does not keep call order).
         """
+        import ray
+
+        self.check_devices()
         start = time.perf_counter()
         self.plan = TilePlan(**plan)
         self.store = store
         with self.device:
             self._compile()
             self.last_compute_end = time.perf_counter()
-        return {"compile_s": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname()}
+        context = ray.get_runtime_context()
+        return {"compile_s": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname(),
+                "node": context.get_node_id(), "ip": ray.util.get_node_ip_address()}
 
     def _compile(self):
         import jax

@@ -9,6 +9,8 @@ and no MLflow run behind. Credentials in `storage_options` are redacted in
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 import yaml
 
@@ -64,12 +66,20 @@ def _config(args) -> Config | None:
 
 def _solve(args, build: bool) -> int:
     from raygram.experiment import run_experiment, summary_table
+    from raygram.experiment.selection import OptimisticSelection
 
     config = _config(args)
     if config is None:
         return 0
-    result = run_experiment(config, build=build, progress=not args.quiet)  # checks everything before writing
-    print(summary_table(result["records"], result["task"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OptimisticSelection)
+        result = run_experiment(config, build=build, progress=not args.quiet)  # checks everything before writing
+    for warning in caught:
+        if issubclass(warning.category, OptimisticSelection):
+            print(f"raygram: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    print(summary_table(result["records"], result["task"]))  # says which split chose the ridge and time
     print(f"MLflow run {result['run_id']}")
     return 0
 
@@ -87,19 +97,20 @@ def solve(args) -> int:
 
 def build(args) -> int:
     """`raygram build`: build (or resume) every kernel's store of a config (experiment or build-only)."""
-    from raygram.experiment.run import build_kernel, check_stores, prepare
+    from raygram.experiment.run import build_kernel, check_stores, prepare_all
 
     config = _config(args)
     if config is None:
         return 0
-    with input_checks():  # every store is checked before the first is written
-        data = prepare(config, solve=False)
-        check_stores(config, data, build=True, verify=args.verify)
-    for name in config.kernels:
-        report = build_kernel(config, data, name, progress=not args.quiet, verify=args.verify)
-        print(f"{name}: {report.tiles_computed} tiles computed, {report.tiles_skipped} already stored"
-              + (f", {len(report.repaired)} repaired" if report.repaired else "")
-              + f" ({report.wall_s:.1f} s) -> {report.store}")
+    with input_checks():  # every store (of every seed) is checked before the first is written
+        seeds = prepare_all(config, solve=False)
+        for seed, data in seeds.items():
+            check_stores(config, data, build=True, verify=args.verify, seed=seed)
+    for seed, data in seeds.items():
+        for name in config.kernels:
+            report = build_kernel(config, data, name, progress=not args.quiet, verify=args.verify, seed=seed)
+            # totals, then one line per Ray node when the build ran on several
+            print(f"{name}{f' seed {seed}' if config.data.seeds is not None else ''}: {report.summary()}")
     return 0
 
 

@@ -35,7 +35,7 @@ def track_convergence(config: Config, data: Data, kernel: str, widths: list[int]
     import mlflow
 
     errors = convergence_errors(config.kernels[kernel].architecture, data.x_train[:points], widths,
-                                networks, seed=config.data.seed, kinds=tuple(config.kinds))
+                                networks, seed=config.data.all_seeds[0], kinds=tuple(config.kinds))
     set_experiment(config.tracking.experiment, tracking_uri(config.tracking.uri))
     with mlflow.start_run(run_name=f"{kernel} convergence") as run:
         mlflow.set_tags({"raygram.kernel": kernel, "raygram.check": "convergence", **code_version()})

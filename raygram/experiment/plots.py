@@ -3,6 +3,15 @@
 Each function takes plain result records (what `Prediction.evaluate` and
 `convergence_errors` return, plus the caller's "kernel"/"train_size" keys) and returns a
 matplotlib Figure drawn with the Agg backend (no display needed).
+
+Curves must stay readable when they coincide — the headline of the quickstart is that the
+C4 GCNN and the C4-augmented CNN predict identically — so every kernel gets its own
+marker and line style, a curve equal to an earlier one is drawn on top with hollow,
+larger markers, and when the records carry prediction sketches (`prediction_sketch`,
+see `raygram.experiment.run`) that agree at every point, the legend says the two kernels'
+predictions are identical. A chance level (classification) or the per-element linear
+baseline (regression) is drawn for reference, error bars show the standard error over
+seeds, and the time axis is the normalised time λ_max·τ with t = ∞ as its last point.
 """
 from __future__ import annotations
 
@@ -16,7 +25,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-FIGSIZE = (6.4, 4.4)
+FIGSIZE = (8.4, 4.8)  # the legend stands right of the axes: it never hides a point
+# (marker, line style) per kernel, in the config's order: distinct even in black and white.
+STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1, 1, 1))), ("P", (0, (3, 1))),
+          ("X", (0, (1, 3))), ("*", (0, (8, 2)))]
+SAME_RTOL = 1e-7  # sketches closer than this (relative to their norm) are the same predictions
+TIME_LABEL = ("normalised training time λ_max·τ,  τ = learning_rate·t / (N·outputs)\n"
+              "(λ_max: top eigenvalue of the training Gram at the largest N)")
 
 
 def _check(results: list[dict], keys: tuple[str, ...], what: str) -> None:
@@ -54,65 +69,155 @@ def _figure(title: str):
     return fig, ax
 
 
-def metric_vs_training_size(results: list[dict], metric: str, title: str) -> Figure:
+def _same(a, b) -> bool:
+    """Whether two prediction sketches (lists over seeds of lists of floats) are the same predictions."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0, atol=SAME_RTOL * max(np.abs(a).max(), 1e-300)))
+
+
+def _twins(curves: dict) -> dict:
+    """{kernel: the earlier kernel whose predictions it equals at every point} among `curves`
+    ({kernel: {x: (value, error, sketch)}})."""
+    twins, names = {}, list(curves)
+    for i, kernel in enumerate(names):
+        for earlier in names[:i]:
+            a, b = sorted(curves[kernel].items()), sorted(curves[earlier].items())
+            # equal kernels have equal spectra, so their normalised times agree to round-off
+            if len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6) or x == y for (x, _), (y, _) in zip(a, b)) \
+                    and all(_same(p[2], q[2]) for (_, p), (_, q) in zip(a, b)):
+                twins[kernel] = twins.get(earlier, earlier)
+                break
+    return twins
+
+
+def _style(index: int, twin: bool) -> dict:
+    marker, linestyle = STYLES[index % len(STYLES)]
+    style = {"marker": marker, "linestyle": linestyle, "color": f"C{index % 10}", "linewidth": 1.6,
+             "markersize": 6}
+    if twin:  # drawn over the curve it equals: hollow, larger markers let both show
+        style.update(markerfacecolor="none", markersize=11, markeredgewidth=1.6, linewidth=1.4, zorder=3)
+    return style
+
+
+def _points(results: list[dict], x_key: str, metric: str, what: str) -> dict:
+    """{kernel: {x: (value, error, sketch)}} from results with one record per (kernel, x)."""
+    curves = defaultdict(dict)
+    for record in results:
+        error = record.get(f"{metric}_error")
+        curves[str(record["kernel"])][float(record[x_key])] = (
+            float(record[metric]), None if error is None or not math.isfinite(error) else float(error),
+            record.get("prediction_sketch"))
+    return curves
+
+
+def _draw(ax, curves: dict, x_of=lambda x: x) -> dict:
+    """Every kernel's curve (markers, line styles, error bars); returns `_twins(curves)`."""
+    twins = _twins(curves)
+    for index, (kernel, points) in enumerate(curves.items()):
+        xs = sorted(points)
+        values = [points[x][0] for x in xs]
+        errors = [points[x][1] for x in xs]
+        label = kernel + (f" (≡ {twins[kernel]})" if kernel in twins else "")
+        style = _style(index, kernel in twins)
+        if any(e is not None for e in errors):
+            ax.errorbar([x_of(x) for x in xs], values, yerr=[e or 0.0 for e in errors], capsize=3,
+                        label=label, **style)
+        else:
+            ax.plot([x_of(x) for x in xs], values, label=label, **style)
+    return twins
+
+
+def _reference(ax, chance: float | None, chance_label: str) -> None:
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=(0, (2, 2)), linewidth=1.2, label=chance_label, zorder=1)
+
+
+def _legend(ax, twins: dict) -> None:
+    title = "\n".join(f"{k} ≡ {v}:\nidentical predictions\nat every point" for k, v in twins.items()) or None
+    ax.legend(title=title, title_fontsize="small", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              alignment="left")
+
+
+def metric_vs_training_size(results: list[dict], metric: str, title: str, *, chance: float | None = None,
+                            chance_label: str = "chance", baseline: dict | None = None) -> Figure:
     """`metric` against training-set size, one line per kernel (log x).
 
-    results: [{"kernel": "c4_gcnn", "train_size": 100, metric: 0.9, ...}], one per (kernel, size).
+    Args:
+      results: [{"kernel": "c4_gcnn", "train_size": 100, metric: 0.9, ...}], one per (kernel,
+        size); optional f"{metric}_error" (error bars: standard error over seeds) and
+        "prediction_sketch" (identical kernels are named in the legend).
+      metric: the key plotted, e.g. "accuracy" or "mae".
+      title: the figure's title.
+      chance: a horizontal reference line (e.g. 1/classes), or None.
+      chance_label: its legend entry.
+      baseline: {train_size: value} of a reference model drawn as a grey line (the
+        per-element linear fit of regression), or None.
     """
     what = "metric_vs_training_size"
     _check(results, ("kernel", "train_size", metric), what)
     _unique(results, ("kernel", "train_size"), what)
-    lines = defaultdict(list)
-    for record in results:
-        lines[str(record["kernel"])].append((float(record["train_size"]), float(record[metric])))
     fig, ax = _figure(title)
-    for kernel, points in lines.items():
-        sizes, values = zip(*sorted(points))
-        ax.plot(sizes, values, marker="o", label=kernel)
+    twins = _draw(ax, _points(results, "train_size", metric, what))
+    _reference(ax, chance, chance_label)
+    if baseline:
+        sizes = sorted(baseline)
+        ax.plot(sizes, [baseline[n] for n in sizes], color="grey", linestyle=(0, (2, 2)), marker=".",
+                label="per-element linear baseline", zorder=1)
     ax.set_xscale("log")
     _ticks_at(ax, [float(r["train_size"]) for r in results])
-    ax.set_xlabel("training set size")
+    ax.set_xlabel("training set size N")
     ax.set_ylabel(metric)
-    ax.legend()
+    _legend(ax, twins)
     return fig
 
 
-def metric_vs_time(results: list[dict], metric: str, title: str) -> Figure:
-    """`metric` against training time t, one line per kernel (and training size, if several).
+def metric_vs_time(results: list[dict], metric: str, title: str, *, time_key: str = "t",
+                   xlabel: str = "training time t", chance: float | None = None,
+                   chance_label: str = "chance") -> Figure:
+    """`metric` against training time, one line per kernel (and training size, if several).
 
-    results: [{"kernel", "train_size", "t", metric}]. Finite t are drawn as a line with
-    markers on a log x axis (symlog if some t = 0); t = inf as a dashed horizontal line in
-    the same colour.
+    Finite times on a log x axis (symlog if some time is 0); t = ∞ as the last point of
+    each curve, one decade past the largest finite time, at a tick labelled ∞ and joined
+    by a dotted segment.
+
+    Args:
+      results: [{"kernel", "train_size", time_key, metric}], one per (kernel, size, time);
+        optional f"{metric}_error" and "prediction_sketch" as in `metric_vs_training_size`.
+      metric: the key plotted.
+      title: the figure's title.
+      time_key: the key of the time ("t", or "time": normalised, λ_max·τ).
+      xlabel: the x axis' label, naming the time's units.
+      chance: a horizontal reference line, or None.
+      chance_label: its legend entry.
     """
     what = "metric_vs_time"
-    _check(results, ("kernel", "train_size", "t", metric), what)
-    _unique(results, ("kernel", "train_size", "t"), what)
+    _check(results, ("kernel", "train_size", time_key, metric), what)
+    _unique(results, ("kernel", "train_size", time_key), what)
     several_sizes = len({r["train_size"] for r in results}) > 1
-    curves = defaultdict(list)
-    for record in results:
-        curves[(str(record["kernel"]), record["train_size"])].append(
-            (float(record["t"]), float(record[metric])))
+    labelled = [{**r, "kernel": f"{r['kernel']}, n={r['train_size']}" if several_sizes else r["kernel"]}
+                for r in results]
+    curves = _points(labelled, time_key, metric, what)
+    finite = sorted({x for points in curves.values() for x in points if math.isfinite(x)})
+    positive = [x for x in finite if x > 0]
+    end = (max(finite) * 10 if max(finite) > 0 else 1.0) if finite else 1.0
     fig, ax = _figure(title)
-    finite_t = [t for points in curves.values() for t, _ in points if math.isfinite(t)]
-    for (kernel, size), points in curves.items():
-        label = f"{kernel}, n={size}" if several_sizes else kernel
-        finite = sorted(p for p in points if math.isfinite(p[0]))
-        infinite = [v for t, v in points if t == math.inf]
-        color = None
-        if finite:
-            times, values = zip(*finite)
-            color = ax.plot(times, values, marker="o", label=label)[0].get_color()
-        if infinite:
-            ax.axhline(infinite[0], linestyle="--", color=color,
-                       label=f"{label}, t=∞" if finite else label)
-    positive = [t for t in finite_t if t > 0]
-    if positive and len(positive) == len(finite_t):
+    twins = _draw(ax, curves, x_of=lambda x: end if math.isinf(x) else x)
+    _reference(ax, chance, chance_label)
+    if finite and any(math.isinf(x) for points in curves.values() for x in points):
+        ax.axvspan(max(finite) * 10 ** 0.5, end * 10 ** 0.25, color="0.93", zorder=0)
+    if positive and len(positive) == len(finite):
         ax.set_xscale("log")
+        decades = range(math.ceil(math.log10(min(positive)) - 0.05), math.floor(math.log10(max(positive)) + 0.05) + 1)
+        ticks = [10.0 ** d for d in decades] + ([end] if end != max(finite) else [])
+        ax.set_xticks(ticks, [f"$10^{{{d}}}$" for d in decades] + (["∞"] if end != max(finite) else []))
+        ax.set_xticks([], minor=True)
     elif positive:
         ax.set_xscale("symlog", linthresh=min(positive))
-    ax.set_xlabel("training time t")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
-    ax.legend()
+    _legend(ax, twins)
     return fig
 
 
@@ -147,34 +252,83 @@ def convergence_plot(errors: list[dict], title: str) -> Figure:
     return fig
 
 
-def experiment_figures(name: str, records: list[dict], task: str) -> dict[str, Figure]:
-    """{artifact file name: Figure}: test metric vs training size and vs t, per kind and ridge.
+def _aggregate(records: list[dict], metric: str, keys: tuple[str, ...]) -> list[dict]:
+    """Mean over seeds per combination of `keys`: {**keys, metric, f"{metric}_error" (standard
+    error, nan for one seed), "prediction_sketch" (a list over seeds), "time" (mean)}."""
+    from raygram.experiment.selection import mean_and_error
 
-    One "validated" ridge per point when the records carry a validation metric.
+    groups = defaultdict(list)
+    for r in records:
+        groups[tuple(r[k] for k in keys)].append(r)
+    out = []
+    for key, group in groups.items():
+        group = sorted(group, key=lambda r: r.get("seed", 0))
+        mean, error = mean_and_error(r[metric] for r in group)
+        sketches = [r.get("prediction_sketch") for r in group]
+        times = [r.get("time", math.nan) for r in group]
+        out.append({**dict(zip(keys, key)), metric: mean, f"{metric}_error": error,
+                    "prediction_sketch": None if any(s is None for s in sketches) else sketches,
+                    "time": float(np.mean(times)) if all(math.isfinite(t) for t in times) else
+                    (math.inf if all(math.isinf(t) for t in times) else math.nan)})
+    return out
+
+
+def experiment_figures(name: str, records: list[dict], task: str, *, chance: float | None = None) -> dict[str, Figure]:
+    """{artifact file name: Figure}: test metric vs training size (at the largest time) and vs
+    normalised time (at the largest training size), per kind and ridge, mean ± standard error over seeds.
+
+    One "validated" ridge per point when the records carry a validation metric; without a
+    validation split, one figure per ridge. The vs-time figures need records with a
+    normalised "time" and a "time_step" (what `raygram.experiment.run.solve_kernel` gives).
 
     Args:
       name: the experiment's name (in titles).
-      records: scored records {"kernel", "kind", "train_size", "diag_reg", "t", metric, ...}.
-      task: "classification" (accuracy) or "regression" (MAE).
+      records: scored records {"kernel", "kind", "train_size", "seed", "diag_reg", "t",
+        "time_step", "time", metric, "prediction_sketch", ...}.
+      task: "classification" (accuracy) or "regression" (MAE; the records' "baseline_mae"
+        is drawn for reference).
+      chance: the chance accuracy of classification (1/classes) drawn for reference, or None.
     """
     from raygram.experiment.selection import METRIC, validated
 
     metric = METRIC[task][0]
+    records = [{"seed": 0, **r} for r in records]
     chosen_records = validated(records, task)
     ridges = ["validated"] if chosen_records is not records else sorted({r["diag_reg"] for r in records})
     largest = max(r["train_size"] for r in records)
+    chance_label = f"chance (1/{round(1 / chance)})" if chance else "chance"
+    baseline = None
+    if task == "regression":
+        by_size = defaultdict(dict)
+        for r in records:
+            by_size[r["train_size"]][r["seed"]] = r["baseline_mae"]
+        baseline = {n: float(np.mean(list(v.values()))) for n, v in by_size.items()}
     figures = {}
     for kind in sorted({r["kind"] for r in records}):
         for ridge in ridges:
-            label = "diag_reg chosen on validation" if ridge == "validated" else f"diag_reg {ridge:g}"
+            label = ("diag_reg chosen on validation" if ridge == "validated"
+                     else f"diag_reg {ridge:g}, no validation split")
             suffix = "validated" if ridge == "validated" else f"reg{ridge:g}"
             chosen = [r for r in chosen_records if r["kind"] == kind and ridge in ("validated", r["diag_reg"])]
-            latest = max(r["t"] for r in chosen)
+            steps = "time_step" in chosen[0]
+            step_key = "time_step" if steps else "t"
+            last = max(r[step_key] for r in chosen)
+            at_end = _aggregate([r for r in chosen if r[step_key] == last], metric, ("kernel", "train_size", "t")
+                                if not steps else ("kernel", "train_size"))
+            t_label = "t = ∞" if all(math.isinf(r["t"]) for r in chosen if r[step_key] == last) else "largest t"
             figures[f"plots/{metric}_vs_train_size_{kind}_{suffix}.png"] = metric_vs_training_size(
-                [r for r in chosen if r["t"] == latest], metric,
-                f"{name}: {kind.upper()} test {metric} ({label}, t = {latest:g})")
-            if len({r["t"] for r in chosen}) > 1:
+                at_end, metric, f"{name}: {kind.upper()} test {metric}\n({label}, {t_label})",
+                chance=chance, chance_label=chance_label, baseline=baseline)
+            if len({r[step_key] for r in chosen}) > 1 and steps:
+                curve = _aggregate([r for r in chosen if r["train_size"] == largest], metric,
+                                   ("kernel", "train_size", "time_step"))
                 figures[f"plots/{metric}_vs_time_{kind}_{suffix}.png"] = metric_vs_time(
-                    [r for r in chosen if r["train_size"] == largest], metric,
-                    f"{name}: {kind.upper()} test {metric} vs training time (N = {largest})")
+                    curve, metric, f"{name}: {kind.upper()} test {metric} vs training time\n(N = {largest}, {label})",
+                    time_key="time", xlabel=TIME_LABEL, chance=chance if chance is not None else
+                    (baseline or {}).get(largest), chance_label=chance_label if chance is not None else
+                    "per-element linear baseline")
+            elif len({r["t"] for r in chosen}) > 1:
+                figures[f"plots/{metric}_vs_time_{kind}_{suffix}.png"] = metric_vs_time(
+                    [r for r in chosen if r["train_size"] == largest and r["seed"] == chosen[0]["seed"]], metric,
+                    f"{name}: {kind.upper()} test {metric} vs training time (N = {largest})", chance=chance)
     return figures

@@ -10,7 +10,10 @@ Callers use MLflow's own idioms (`mlflow.start_run(nested=True)`, `mlflow.log_fi
   credentials redacted (`config_hash` ignores them too).
 - `log_records`: result records ({"kind", "diag_reg", "t", "accuracy", ...}) as metrics
   whose names carry the record's identifying keys.
-- `find_run`: the run an interrupted experiment should resume instead of duplicating.
+- `find_run`: the run an interrupted experiment should resume instead of duplicating
+  (the caller matches the config hash and the data hash, `data_hash`).
+- `code_version`: package version and git commit (`mlflow.source.git.commit`).
+- `log_dataset`, `log_summary`: the data as an MLflow input; the results table artifact.
 
 MLflow 3.x rules this relies on (mlflow.utils.validation): param values are at most
 MAX_PARAM_VAL_LENGTH (6000) characters; param and metric names at most 250 characters of
@@ -20,16 +23,12 @@ alphanumerics, `_ - . /`, space (and `:` except on Windows), and must be normali
 from __future__ import annotations
 
 import hashlib
-import http.client
 import math
 import numbers
 import os
 import re
 import socket
-import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Iterable
 
 import mlflow
@@ -37,8 +36,6 @@ import yaml
 from mlflow.entities import ViewType
 from mlflow.environment_variables import (
     MLFLOW_ALLOW_FILE_STORE,
-    MLFLOW_TRACKING_INSECURE_TLS,
-    MLFLOW_TRACKING_SERVER_CERT_PATH,
     MLFLOW_TRACKING_URI,
 )
 from mlflow.tracking import MlflowClient
@@ -50,6 +47,9 @@ from raygram.errors import ConfigError, TrackingUnavailable
 DEFAULT_TRACKING_URI: str  # computed on every access by __getattr__ below: it follows the cwd
 
 CONNECT_TIMEOUT_S = 3.0
+# A server's first API call after its start (or under load) can take seconds: the pre-flight
+# waits this long for the answer once connected, still with no retries.
+ANSWER_TIMEOUT_S = 30.0
 # Keys of a result record that identify it (become part of metric names) even when numeric.
 IDENTIFYING_KEYS = frozenset({
     "diag_reg", "t", "train_size", "test_size", "width", "networks", "seed", "fold",
@@ -128,38 +128,112 @@ def _check_sqlite(uri: str) -> None:
         raise ConfigError(f"tracking URI {uri!r}: cannot create {path} (folder not writable)")
 
 
-def _ssl_context() -> ssl.SSLContext:
-    """TLS settings as MLflow's REST client takes them from its environment variables."""
-    context = ssl.create_default_context(cafile=MLFLOW_TRACKING_SERVER_CERT_PATH.get())
-    if MLFLOW_TRACKING_INSECURE_TLS.get():
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+# Read-only API call of the pre-flight: the cheapest one every MLflow server (and its basic-auth
+# app, for any user with read access to something) answers, and one its Host check covers.
+PREFLIGHT_ENDPOINT = "/api/2.0/mlflow/experiments/search"
+_CREDENTIAL_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+
+
+def _without_userinfo(uri: str) -> str:
+    """`uri` with any user name and password dropped, fit for messages."""
+    parsed = urllib.parse.urlparse(uri)
+    if "@" not in parsed.netloc:
+        return uri
+    return urllib.parse.urlunparse(parsed._replace(netloc=parsed.netloc.rpartition("@")[2]))
+
+
+def _network_reason(error: BaseException) -> str:
+    """The innermost operating-system reason of a failed request ("[Errno 111] Connection refused"),
+    else the exception's class name; never the URL (which `requests` repeats at length)."""
+    seen, stack, reason = set(), [error], None
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.strerror:
+            reason = f"[Errno {e.errno}] {e.strerror}" if e.errno else e.strerror
+        elif isinstance(e, socket.timeout) or type(e).__name__.endswith("Timeout"):
+            reason = reason or "timed out"
+        stack.extend(x for x in (e.__cause__, e.__context__, *getattr(e, "args", ())) if isinstance(x, BaseException))
+        reason_attr = getattr(e, "reason", None)
+        if isinstance(reason_attr, BaseException):
+            stack.append(reason_attr)
+    if reason is None:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return reason
 
 
 def _check_http(uri: str) -> None:
-    """GET <uri>/health, which an MLflow server answers with 200 "OK"."""
+    """One real, read-only API call to an MLflow server, as the MLflow client would make it.
+
+    GET <uri>/api/2.0/mlflow/experiments/search?max_results=1, once (no retries; CONNECT_TIMEOUT_S
+    to connect, ANSWER_TIMEOUT_S for the answer), through MLflow's own request code with MLflow's own credentials
+    (MLFLOW_TRACKING_USERNAME/PASSWORD as basic auth, else MLFLOW_TRACKING_TOKEN as a bearer
+    token, or MLflow's credentials file and auth plugins) and TLS settings
+    (MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_CLIENT_CERT_PATH,
+    MLFLOW_TRACKING_INSECURE_TLS). GET /health is not enough: a server answers it for any Host
+    header and without credentials, and then refuses every API call (403, 401).
+
+    Args:
+      uri: an http(s) tracking URI, without credentials.
+
+    Raises:
+      ConfigError: no host, an invalid URL or credentials in the URI; the server refuses the
+        Host header (its --allowed-hosts), the credentials or their absence (401) or access
+        (403); the URI does not lead to an MLflow API (404, or an answer that is not MLflow's JSON).
+      TrackingUnavailable: unreachable, no answer within the timeout, or any other HTTP error.
+    """
+    from mlflow.exceptions import InvalidUrlException, MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
     parsed = urllib.parse.urlparse(uri)
+    if "@" in parsed.netloc:
+        raise ConfigError(f"tracking URI {_without_userinfo(uri)!r} must not carry credentials (user@ or "
+                          f"user:password@): set {_CREDENTIAL_VARIABLES} in the environment")
     if not parsed.hostname:
         raise ConfigError(f"tracking URI {uri!r} names no host")
-    url = urllib.parse.urlunparse(parsed._replace(path=parsed.path.rstrip("/") + "/health",
-                                                  params="", query="", fragment=""))
-    context = _ssl_context() if parsed.scheme.lower() == "https" else None
+    call = f"GET {PREFLIGHT_ENDPOINT}"
+    base = urllib.parse.urlunparse(parsed._replace(path=parsed.path.rstrip("/"), params="", query="", fragment=""))
+    creds = get_default_host_creds(base)
+    sent = "the credentials" if ((creds.username and creds.password) or creds.token or creds.auth
+                                 or creds.aws_sigv4) else "no credentials"
     try:
-        with urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S, context=context) as response:
-            response.read(64)
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            raise ConfigError(f"tracking URI {uri!r}: GET /health answered 404, "
-                             "so this is not an MLflow tracking server") from None
-        raise TrackingUnavailable(f"tracking server {uri} answered {e.code} {e.reason} to GET /health") from None
-    except http.client.HTTPException as e:
-        raise TrackingUnavailable(f"tracking server {uri} gave no valid HTTP answer to GET /health: "
-                              f"{e!r}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingUnavailable(f"tracking server {uri} is unreachable: {reason} "
-                              f"(GET /health, timeout {CONNECT_TIMEOUT_S:g} s)") from None
+        response = http_request(creds, PREFLIGHT_ENDPOINT, "GET", max_retries=0, backoff_factor=0,
+                                backoff_jitter=0, timeout=(CONNECT_TIMEOUT_S, ANSWER_TIMEOUT_S),
+                                raise_on_status=False,
+                                params={"max_results": 1})
+    except InvalidUrlException:
+        raise ConfigError(f"tracking URI {uri!r} is not a valid URL") from None
+    except MlflowException as e:
+        raise TrackingUnavailable(f"tracking server {uri} is unreachable: {_network_reason(e)} "
+                                  f"({call}, time-outs {CONNECT_TIMEOUT_S:g} s to connect and {ANSWER_TIMEOUT_S:g} s "
+                                  "to answer, no retries)") from None
+    status, text = response.status_code, response.text[:2000]
+    if status == 200:
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise ConfigError(f"tracking URI {uri!r}: {call} did not answer with MLflow's JSON, "
+                              "so this is not an MLflow tracking server")
+        return
+    if status == 401:
+        raise ConfigError(f"tracking server {uri} refused {sent} (401 Unauthorized to {call}): "
+                          f"set {_CREDENTIAL_VARIABLES}")
+    if status == 403 and ("rebinding" in text.lower() or "invalid host" in text.lower()):
+        host = parsed.netloc
+        raise ConfigError(f"tracking server {uri} refuses the Host header {host!r} (403 to {call}): use a host "
+                          "name in the server's --allowed-hosts, or add this one there")
+    if status == 403:
+        raise ConfigError(f"tracking server {uri} refused access with {sent} (403 Forbidden to {call}): "
+                          f"the user of {_CREDENTIAL_VARIABLES} lacks permission")
+    if status == 404:
+        raise ConfigError(f"tracking URI {uri!r}: {call} answered 404, so this is not an MLflow tracking "
+                          "server (or the URI lacks its path prefix)")
+    raise TrackingUnavailable(f"tracking server {uri} answered {status} {response.reason} to {call}")
 
 
 def _check_database(uri: str, scheme: str) -> None:
@@ -192,9 +266,20 @@ def _check_file_store(uri: str) -> None:
 def check_tracking_uri(uri: str) -> None:
     """Raise a one-line ConfigError (unsupported, misconfigured) or TrackingUnavailable (unreachable).
 
-    Supported: sqlite:///path (its folder must exist), http(s)://server (GET /health must
-    answer within CONNECT_TIMEOUT_S), postgresql/mysql/mssql (TCP connect), and file
-    stores only with MLFLOW_ALLOW_FILE_STORE=true. Creates nothing.
+    Supported: sqlite:///path (its folder must exist), http(s)://server (one read-only API
+    call, made as the MLflow client makes it with MLflow's credential and TLS environment
+    variables, must connect within CONNECT_TIMEOUT_S and succeed within ANSWER_TIMEOUT_S, see
+    `_check_http`), postgresql/mysql/mssql
+    (TCP connect), and file stores only with MLFLOW_ALLOW_FILE_STORE=true. Creates nothing.
+
+    Args:
+      uri: the tracking URI (`tracking_uri`'s result). Credentials never belong in it: an
+        http(s) URI with user@ or user:password@ is refused (MLflow's environment variables
+        carry them, and the URI is logged).
+
+    Raises:
+      ConfigError: unsupported, misconfigured, or refused by the server (Host check, 401, 403).
+      TrackingUnavailable: the server or database cannot be reached.
     """
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError(f"tracking URI must be a non-empty string, got {uri!r}")
@@ -391,23 +476,111 @@ def find_run(experiment_name: str, tags: dict[str, str], unfinished_only: bool =
 
 
 CONFIG_HASH_TAG = "raygram.config_hash"
+DATA_HASH_TAG = "raygram.data_hash"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's standard tag: its UI links the run to the commit
+GIT_COMMIT_ENV = "RAYGRAM_GIT_COMMIT"  # set by deploy/Dockerfile: an image has no .git
 
 
 def code_version() -> dict[str, str]:
-    """Tags naming the code: raygram's package version and, from a git checkout, its commit."""
+    """Tags naming the code: raygram's package version and the git commit.
+
+    The commit is RAYGRAM_GIT_COMMIT when set (and not "unknown", the Dockerfile's
+    default), else `git rev-parse HEAD` of the checkout raygram is imported from; it goes
+    under MLflow's standard `mlflow.source.git.commit` and under `raygram.git_commit`. No
+    commit tag when neither gives one.
+    """
     import importlib.metadata
     import subprocess
     from pathlib import Path
 
     tags = {"raygram.version": importlib.metadata.version("raygram")}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=10)
-        if commit.returncode == 0:
-            tags["raygram.git_commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit = os.environ.get(GIT_COMMIT_ENV, "").strip()
+    if not commit or commit == "unknown":
+        commit = ""
+        try:
+            found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                   text=True, timeout=10)
+            if found.returncode == 0:
+                commit = found.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if commit:
+        tags[GIT_COMMIT_TAG] = tags["raygram.git_commit"] = commit
     return tags
+
+
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a SQLite tracking URI (as `tracking_uri` resolves it), else None.
+
+    Args:
+      uri: a tracking URI, e.g. "sqlite:////abs/mlflow.db" or "http://host:5000".
+
+    Returns:
+      The file's absolute path; None for other schemes and in-memory SQLite.
+    """
+    if _scheme(uri) != "sqlite":
+        return None
+    _, path, _ = _split_sqlite(uri)
+    return None if path is None else os.path.abspath(path)
+
+
+def data_hash(fingerprints) -> str:
+    """SHA-256 (16 hex digits) of what an experiment's data is, for resuming only a run of the same data.
+
+    Args:
+      fingerprints: JSON-able description of the data, e.g. {seed: {"sha256" of the source,
+        "x_train"/"x_test" store fingerprints}}; keys are sorted.
+    """
+    import json
+
+    return hashlib.sha256(json.dumps(fingerprints, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def log_dataset(x, targets, *, name: str, digest: str, source: str | None, context: str,
+                tags: dict[str, str] | None = None) -> None:
+    """Record a data set as an input of the active run (`mlflow.log_input`), not its values.
+
+    MLflow keeps its name, digest, source, schema and shape (and a small profile), and
+    shows them in the run's "Datasets" section.
+
+    Args:
+      x: inputs, shape (N, ...).
+      targets: labels or targets (N, ...), or None.
+      name: the data set's name (e.g. "digits").
+      digest: a content digest (e.g. the first 16 hex digits of the source's SHA-256).
+      source: where it came from (a path or URL), or None for a built-in source
+        (MLflow then names the code that ran).
+      context: its role: "training", "validation+test", ...
+      tags: more input tags (e.g. {"seed": "0"}).
+    """
+    import warnings
+
+    import mlflow.data
+    import numpy as np
+
+    _require_run("log_dataset")
+    with warnings.catch_warnings():  # a local path matches two equivalent local-artifact source classes
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_numpy(np.asarray(x), targets=None if targets is None else np.asarray(targets),
+                                         source=source, name=name, digest=digest)
+    mlflow.log_input(dataset, context=context, tags=tags)
+
+
+def log_summary(records: list[dict], task: str) -> None:
+    """Log the results table (`raygram.experiment.selection.summary_table`) to the active run as
+    results.md and results.html, and which split chose the ridge and time as the tag
+    `raygram.selected_by` ("validation" or "test — optimistic").
+
+    Args:
+      records: scored records as returned by `raygram.run_experiment`.
+      task: "classification" or "regression".
+    """
+    from raygram.experiment.selection import SELECTED_BY, selection_split, summary_table
+
+    _require_run("log_summary")
+    mlflow.log_text(summary_table(records, task, "markdown"), "results.md")
+    mlflow.log_text(summary_table(records, task, "html"), "results.html")
+    mlflow.set_tag("raygram.selected_by", SELECTED_BY[selection_split(records, task)])
 
 
 def config_hash(config: dict) -> str:
@@ -455,10 +628,17 @@ def set_experiment(name: str, uri: str):
 
 
 def finished_child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
-    """Finished nested runs of a parent run: {(kernel, train_size): Run}."""
-    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
-    return {(r.data.tags["raygram.kernel"], int(r.data.tags["raygram.train_size"])): r
-            for r in runs if r.info.status == "FINISHED" and "raygram.kernel" in r.data.tags}
+    """Finished nested runs of a parent run: {(kernel, kind, train_size, seed): Run}.
+
+    Args:
+      client: a client of the tracking store.
+      experiment_id: the parent's experiment.
+      parent_id: the parent run.
+    """
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=50000)
+    keys = ("raygram.kernel", "raygram.kind", "raygram.train_size", "raygram.seed")
+    return {(r.data.tags[keys[0]], r.data.tags[keys[1]], int(r.data.tags[keys[2]]), int(r.data.tags[keys[3]])): r
+            for r in runs if r.info.status == "FINISHED" and all(k in r.data.tags for k in keys)}
 
 
 def solver_metrics(info: dict) -> dict[str, float]:

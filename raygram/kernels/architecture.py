@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import importlib
 import json
-from typing import Any, Callable, Mapping, Sequence
+import warnings
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -171,26 +172,17 @@ def import_network(reference: str) -> tuple[Callable | None, Callable | None, Ca
     return found
 
 
-def network(spec):
-    """`(init_fn, apply_fn, kernel_fn)` of the network an architecture describes.
+class _Parsed(NamedTuple):
+    """A layer list taken apart: its layers, each built alone, and the entries that wrap them."""
 
-    Args:
-      spec: a layer list (see `canonical`); ``{"python": "module:attribute"}``
-        (`import_network`); or, from Python, a stax triple or a `kernel_fn(x1, x2, get)`
-        itself. A network given by its kernel alone has init_fn and apply_fn None.
+    layers: list[tuple[int, str, tuple]]  # (position in the spec, name, stax triple)
+    augmentation: str | None  # the group of a last FullAugmentation entry
+    atom_sum: bool  # a first AtomSum entry
+    quadrature: str  # SO3Pool's quadrature
 
-    Raises:
-      ConfigError naming the bad layer, module or attribute.
-    """
-    from raygram.kernels import augmented_kernel_fn, serial, so3_serial
-    from raygram.kernels.atoms import AtomSum
 
-    reference = python_reference(spec)
-    if reference is not None:
-        return import_network(reference)
-    found = callable_network(spec)
-    if found is not None:
-        return found
+def _parse(spec) -> _Parsed:
+    """Build each layer of a layer list alone (see `network`); ConfigError naming a bad one."""
     layers, augmentation, atom_sum, quadrature = [], None, False, "pairs"
     spec = canonical(spec)
     for position, entry in enumerate(spec):
@@ -217,24 +209,152 @@ def network(spec):
             kwargs = dict(kwargs)
             quadrature = kwargs.pop("quadrature")
         try:
-            layers.append(_layer_constructor(name)(**_frozen(kwargs)))
+            layers.append((position, name, _layer_constructor(name)(**_frozen(kwargs))))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"architecture layer {position} ({name}): {e}") from None
-    if any(next(iter(e)) in SO3_LAYERS for e in spec):
+    return _Parsed(layers, augmentation, atom_sum, quadrature)
+
+
+def network(spec):
+    """`(init_fn, apply_fn, kernel_fn)` of the network an architecture describes.
+
+    Args:
+      spec: a layer list (see `canonical`); ``{"python": "module:attribute"}``
+        (`import_network`); or, from Python, a stax triple or a `kernel_fn(x1, x2, get)`
+        itself. A network given by its kernel alone has init_fn and apply_fn None.
+
+    Raises:
+      ConfigError naming the bad layer, module or attribute.
+    """
+    from raygram.kernels import augmented_kernel_fn, serial, so3_serial
+    from raygram.kernels.atoms import AtomSum
+
+    reference = python_reference(spec)
+    if reference is not None:
+        return import_network(reference)
+    found = callable_network(spec)
+    if found is not None:
+        return found
+    parsed = _parse(spec)
+    layers = [layer for _, _, layer in parsed.layers]
+    if any(name in SO3_LAYERS for _, name, _ in parsed.layers):
         try:
-            init_fn, apply_fn, kernel_fn = so3_serial(*layers, quadrature=quadrature)
+            init_fn, apply_fn, kernel_fn = so3_serial(*layers, quadrature=parsed.quadrature)
         except ValueError as e:
             raise ConfigError(f"architecture SO3Pool: {e}") from None
     else:
         init_fn, apply_fn, kernel_fn = serial(*layers)
-    if atom_sum:
+    if parsed.atom_sum:
         return AtomSum(init_fn, apply_fn, kernel_fn)
-    if augmentation is not None:
+    if parsed.augmentation is not None:
         try:
-            kernel_fn = augmented_kernel_fn(kernel_fn, augmentation)
+            kernel_fn = augmented_kernel_fn(kernel_fn, parsed.augmentation)
         except (KeyError, ValueError) as e:
-            raise ConfigError(f"architecture layer {len(spec) - 1} ({AUGMENTATION}): {e}") from None
+            raise ConfigError(f"architecture layer {len(canonical(spec)) - 1} ({AUGMENTATION}): {e}") from None
     return init_fn, apply_fn, kernel_fn
+
+
+def _shapes(value) -> list[tuple[int, ...]]:
+    """The shapes in a stax init_fn's output shape: one tuple of ints, or (for FanOut) a list of them."""
+    if isinstance(value, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in value):
+        return [tuple(int(d) for d in value)]
+    if isinstance(value, (tuple, list)):
+        return [shape for item in value for shape in _shapes(item)]
+    return []
+
+
+def _layer_input(parsed: _Parsed, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of 2 inputs as the first layer sees them: for an AtomSum network, 2 atoms
+    without the mask channel (`raygram.kernels.atoms.AtomSum`), else 2 network inputs."""
+    if parsed.atom_sum:
+        return (2,) + tuple(input_shape[1:-1]) + (input_shape[-1] - 1,)
+    return (2,) + tuple(input_shape)
+
+
+def _check_layer_shapes(spec, input_shape: tuple[int, ...], where: str) -> None:
+    """Trace each layer's init_fn in turn on 2 inputs (shapes only, `jax.eval_shape`): a layer that
+    raises, or gives an empty output, is named by its position and name.
+
+    Catches bad layer arguments neural-tangents accepts when the layer is made and fails on
+    later (out_chan 0, strides 0: a ZeroDivisionError) or never (a filter or pooling window
+    larger than its input with VALID padding gives an empty output, and a kernel of NaN).
+
+    Args:
+      spec: a layer list.
+      input_shape: the shape of ONE input (for an AtomSum network: a padded molecule).
+      where: the config key named in errors.
+
+    Raises:
+      ConfigError naming `where` and the layer's position and name.
+    """
+    import jax
+
+    parsed = _parse(spec)
+    shape = _layer_input(parsed, input_shape)
+    reached = []  # (position, name, input shape, output shape) of each layer traced
+
+    def trace(key):
+        current = shape
+        for position, name, layer in parsed.layers:
+            reached.append((position, name, current, None))
+            current = layer[0](key, current)[0]
+            reached[-1] = (position, name, reached[-1][2], current)
+        return 0
+
+    try:
+        with warnings.catch_warnings():  # numpy's shape arithmetic warns, and goes on, on strides of 0
+            warnings.filterwarnings("error", message=".*(divide by zero|invalid value)", category=RuntimeWarning)
+            jax.eval_shape(trace, jax.random.PRNGKey(0))
+    except Exception as e:  # noqa: BLE001 - whatever a layer raises on these shapes is a config error here
+        position, name, given, _ = reached[-1] if reached else (0, "?", shape, None)
+        raise ConfigError(f"{where}: does not accept inputs of shape {tuple(input_shape)}: layer {position} "
+                          f"({name}) fails on its inputs of shape {_one(given)}: {type(e).__name__}: "
+                          f"{' '.join(str(e).split()) or 'no message'}") from None
+    for position, name, given, found in reached:
+        if any(d < 1 and d != -1 for out in _shapes(found) for d in out[1:]):  # -1: a size stax leaves open
+            raise ConfigError(f"{where}: layer {position} ({name}) gives empty outputs of shape {_one(found)} "
+                              f"from inputs of shape {_one(given)} (a width of 0, or a filter or window larger "
+                              "than its input with VALID padding?)")
+
+
+def _failing_layer(spec, input_shape: tuple[int, ...], kinds: Sequence[str], dtype: str,
+                   error: Exception) -> tuple[int, str] | None:
+    """(position, name) of the layer where the network's kernel fails.
+
+    The kernels of ever longer prefixes of the layer list (`stax.serial`, shapes only) are
+    traced until one raises `error` again (same class, same message; a prefix may fail
+    for its own reasons, e.g. a head that needs more layers before it); None if none does.
+    Only called once the whole network's kernel has failed, to name the layer in the error.
+
+    Args:
+      spec: a layer list.
+      input_shape: the shape of ONE input.
+      kinds: the kernels asked for.
+      dtype: "float64" or "float32".
+      error: what tracing the whole network's kernel raised.
+    """
+    import jax
+
+    from raygram._neural_tangents import stax
+
+    parsed = _parse(spec)
+    shape = _layer_input(parsed, input_shape)
+    probe = jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+    for end, (position, name, _) in enumerate(parsed.layers, start=1):
+        kernel_fn = stax.serial(*(layer for _, _, layer in parsed.layers[:end]))[2]
+        try:
+            jax.eval_shape(lambda x: kernel_fn(x, None, tuple(kinds)), probe)  # noqa: B023 - used at once
+        except Exception as e:  # noqa: BLE001 - the first prefix failing as the network did names its last layer
+            if type(e) is type(error) and str(e) == str(error):
+                return position, name
+    return None
+
+
+def _one(shape) -> str:
+    """A traced shape without its batch axis of 2, for messages."""
+    shapes = _shapes(shape)
+    text = [str(s[1:]) for s in shapes]
+    return text[0] if len(text) == 1 else "[" + ", ".join(text) + "]"
 
 
 def check_architecture(spec, input_shape: tuple[int, ...], kinds: Sequence[str] = ("nngp", "ntk"),
@@ -243,7 +363,12 @@ def check_architecture(spec, input_shape: tuple[int, ...], kinds: Sequence[str] 
 
     Catches unknown layers, bad arguments and layer orders that do not compose (e.g. a
     GroupConv before its LiftingConv, a Dense on unflattened images) before anything is
-    written, and that the network ends in one output per input.
+    written, and that the network ends in one output per input. For a layer list, each
+    layer's init_fn is traced in turn first (`jax.eval_shape`: shapes only, no FLOPs), so
+    that a layer that fails on its inputs (strides 0: a ZeroDivisionError a worker would
+    hit) or gives an empty output (out_chan 0, a filter larger than the image with VALID
+    padding: a kernel of NaN) is named by position and name, e.g. "layer 0 (Conv)"; so is the
+    layer where the kernel's own trace fails.
 
     Args:
       spec: the architecture in any form `network` takes (a layer list, ``{"python":
@@ -263,10 +388,15 @@ def check_architecture(spec, input_shape: tuple[int, ...], kinds: Sequence[str] 
         kernel_fn = network(spec)[2]
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    layer_list = python_reference(spec) is None and callable_network(spec) is None
+    if layer_list:
+        _check_layer_shapes(spec, input_shape, where)
     try:
         shapes = jax.eval_shape(lambda x: kernel_fn(x, None, tuple(kinds)), probe)
     except Exception as e:  # noqa: BLE001 - any failure of shape inference is a config error here
-        raise ConfigError(f"{where}: does not accept inputs of shape {tuple(input_shape)}: "
+        culprit = _failing_layer(spec, input_shape, kinds, dtype, e) if layer_list else None
+        at = f"layer {culprit[0]} ({culprit[1]}): " if culprit else ""
+        raise ConfigError(f"{where}: does not accept inputs of shape {tuple(input_shape)}: {at}"
                           f"{type(e).__name__}: {' '.join(str(e).split())}") from None
     check_outputs(shapes, kinds, where)
 

@@ -11,7 +11,7 @@ error. The estimators self-average over width (error ~ 1/√width per network):
 - NTK: the empirical NTK (parameter-gradient inner products, `nt.empirical_ntk_fn`,
   traced over the output axis) of the full network, against its analytic NTK.
 
-The finite networks run in float32 (`disable_x64`) even when x64 is on: Monte-Carlo errors
+The finite networks run in float32 (`x64(False)`) even when x64 is on: Monte-Carlo errors
 are ≥ 1e-3, far above float32 round-off, and XLA's CPU convolutions are ~200× slower in
 float64 (1 s for one 512-channel 3×3 GroupConv on 3 images of 5×5). The analytic kernels
 keep the caller's precision.
@@ -24,9 +24,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import disable_x64
 
-from raygram._neural_tangents import nt
+from raygram._neural_tangents import nt, x64
 from raygram.config import KINDS
 from raygram.errors import ConfigError
 from raygram.kernels.architecture import canonical, network
@@ -154,7 +153,7 @@ def convergence_errors(spec: list, x: np.ndarray, widths: Sequence[int], network
         sized = with_width(layers, width)
         init_fn, apply_fn, kernel_fn = network(sized)
         keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), width), networks)
-        with disable_x64():
+        with x64(False):
             init = jax.jit(lambda key, f=init_fn: f(key, x.shape)[1])
             params = [init(key) for key in keys]
             if "nngp" in kinds:

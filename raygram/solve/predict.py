@@ -202,7 +202,11 @@ def _options(solver: SolverOptions | None, settings: dict) -> SolverOptions:
         raise ConfigError(f"solver: unknown setting(s) {unknown}; allowed: {sorted(names)}")
     plain = {key: value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
              for key, value in settings.items()}
-    return dataclasses.replace(solver, **plain) if plain else solver
+    solver = dataclasses.replace(solver, **plain) if plain else solver
+    if isinstance(solver.times, str):  # "auto" is an experiment's choice, made from its training Gram
+        raise ConfigError("solver.times: predict needs the training times as numbers (\"auto\" is chosen by "
+                          "raygram run from the kernel's spectrum)")
+    return solver
 
 
 def _check_targets(y_train, n: int) -> np.ndarray:

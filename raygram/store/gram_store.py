@@ -39,6 +39,7 @@ import json
 import os
 import zlib
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -47,7 +48,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
-from raygram.errors import CorruptTile, StoreError
+from raygram.errors import ConfigError, CorruptTile, StoreError
 from raygram.kernels.architecture import spec_json
 from raygram.store.plan import Tile, TilePlan
 from raygram.store.symmetric import SymmetricGram, index_spans
@@ -109,13 +110,34 @@ def describe_difference(stored: dict, wanted: dict) -> str:
     return "\n".join(lines)
 
 
+def _is_local(url: str) -> bool:
+    """True for a path or a file://path, False for any other URL (s3://bucket/prefix, ...)."""
+    return "://" not in url or url.startswith("file://")
+
+
+def absolute_url(url: str | os.PathLike) -> str:
+    """A store's URL as a `GramStore` keeps it: a local path or file://path made an absolute path.
+
+    Resolved against this process's working directory, `~` expanded, symlinks kept (as
+    written); an object-store URL is returned unchanged. A `GramStore` sent to a Ray
+    actor or dask worker running in another folder then still means the same store.
+
+    Args:
+      url: a local folder (relative or absolute, optionally file://) or an fsspec URL.
+    """
+    url = os.fspath(url)
+    if not _is_local(url):
+        return url
+    return str(Path(url.removeprefix("file://")).expanduser().absolute())
+
+
 def open_backend(url: str, storage_options: dict | None = None, read_only: bool = False):
     """A zarr Store for a local folder (default) or an fsspec URL such as s3://bucket/prefix."""
     url = str(url)
-    if "://" in url and not url.startswith("file://"):
+    if not _is_local(url):
         return FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
     if storage_options:
-        raise ValueError(f"storage_options are only for object-store URLs, not the local path {url!r}")
+        raise ConfigError(f"storage_options are only for object-store URLs, not the local path {url!r}")
     return LocalStore(url.removeprefix("file://"), read_only=read_only)
 
 
@@ -168,16 +190,18 @@ class GramStore:
     """A build's zarr group: creation, tile bookkeeping, integrity checks and verified reading.
 
     Args:
-      url: a local folder, or an fsspec URL (s3://bucket/prefix).
+      url: a local folder (a relative one, or file://path, is made absolute against the
+        working directory here, see `absolute_url`), or an fsspec URL (s3://bucket/prefix).
       storage_options: fsspec options for a URL (credentials, `endpoint_url`); None for
         a local folder.
       read_only: open without write access.
 
-    Picklable: Ray workers and dask tasks reopen it.
+    Picklable: Ray workers and dask tasks reopen it, at the same absolute folder whatever
+    their working directory.
     """
 
-    def __init__(self, url: str, storage_options: dict | None = None, read_only: bool = False):
-        self.url = str(url)
+    def __init__(self, url: str | os.PathLike, storage_options: dict | None = None, read_only: bool = False):
+        self.url = absolute_url(url)
         self.storage_options = dict(storage_options or {})
         self.read_only = read_only
         self.backend = open_backend(self.url, self.storage_options, read_only)

@@ -7,17 +7,21 @@ cosine is 1 up to round-off, turns an ulp (1e-16) into ~sqrt(1e-16) = 1e-8 in th
 angle; the NTK of the ReLU CNN gets relative differences of 5e-10 there, so those
 entries are held to 1e-7. Values that share a tile shape are compared bit for bit.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import zarr
-from jax.experimental import disable_x64
 
 from builds import CNN, EQUIVARIANT, images, read_blocks, reference_kernel_fn
+from raygram._neural_tangents import x64
 from raygram.config import TilingOptions
-from raygram.build.scheduler import build_fingerprint, build_gram, check_build
+from raygram.build.lease import BuildLease
+from raygram.build.scheduler import build_fingerprint, build_gram, check_build, cluster_capacity
+from raygram.errors import BuildError, StoreLocked
 from raygram.store.gram_store import GramStore
 from raygram.store.plan import Tile, TilePlan
-from raygram.build.worker import jax_env
+from raygram.build.worker import check_gpus, jax_env
 
 N, M = 11, 5
 
@@ -148,7 +152,7 @@ def test_float32_build_with_progress_bar(ray_address, tmp_path, capsys):
     store = GramStore(tmp_path / "gram")
     got = store.gram("ntk")[...]
     assert got.dtype == np.float32
-    with disable_x64():
+    with x64(False):
         want = np.asarray(reference_kernel_fn(CNN)(x, None, "ntk"))
     assert want.dtype == np.float32
     # float32 round-off (1e-7), amplified to ~sqrt(1e-7) = 3e-4 on ReLU self-pairs.
@@ -157,9 +161,12 @@ def test_float32_build_with_progress_bar(ray_address, tmp_path, capsys):
     assert Tile("test_diag", 1) in store.written_tiles()
 
 
-def test_worker_jax_memory_settings():
+def test_worker_jax_memory_settings(monkeypatch):
     single = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert jax_env(0) == {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": single}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")  # the driver's flags come first
+    assert jax_env(0)["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2 " + single
     assert jax_env(0, num_cpus=4) == {"JAX_PLATFORMS": "cpu"}
     assert jax_env(1) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     # Four actors on one GPU: each may take 0.9 x 1/4 of it, allocated on demand.
@@ -181,3 +188,53 @@ def test_tile_size_is_capped_at_n_and_workers_at_the_tiles(ray_address, tmp_path
     assert build_fingerprint(CNN, x) == done.fingerprint
     np.testing.assert_allclose(store.gram("ntk")[...], reference_kernel_fn(CNN)(x, None, "ntk"), rtol=1e-7,
                                atol=1e-7 * np.abs(store.gram("ntk")[...]).max())  # ReLU self-pairs: module docstring
+
+
+def test_gpu_check_refuses_a_gpu_that_jax_cannot_see(monkeypatch):
+    """A worker given GPUs whose JAX sees only CPUs stops the build, unless RAYGRAM_EMULATED_GPUS=1."""
+    check_gpus([], {"cpu"}, {})  # a CPU worker
+    check_gpus(["0"], {"gpu"}, {})
+    check_gpus(["0"], {"cpu"}, {"RAYGRAM_EMULATED_GPUS": "1"})
+    with pytest.raises(BuildError, match=r"was given GPU\(s\) \['0'\] by Ray, but JAX there sees only \['cpu'\] "
+                                         r"devices: install JAX with GPU support .* set RAYGRAM_EMULATED_GPUS=1"):
+        check_gpus(["0"], {"cpu"}, {})
+    monkeypatch.setenv("RAYGRAM_EMULATED_GPUS", "1")  # the driver's opt-out reaches GPU workers
+    assert jax_env(1)["RAYGRAM_EMULATED_GPUS"] == "1" and "RAYGRAM_EMULATED_GPUS" not in jax_env(0)
+
+
+def test_report_counts_tiles_per_node(ray_address, tmp_path):
+    x = images(N)
+    report = build_gram(tmp_path / "gram", CNN, x, progress=False, tiling=TilingOptions(tile_size=4, workers=2))
+    assert len(report.nodes) == 1  # the session's local instance is one node
+    (node, entry), = report.nodes.items()
+    assert report.tiles_per_node == {node: report.tiles_computed}
+    assert 1 <= entry["workers"] <= 2  # a worker still compiling when the tiles ran out has no node yet
+    assert not entry["lost"] and not entry["unavailable"]
+    assert report.metrics()["nodes"] == 1
+    assert report.summary().startswith(f"{report.tiles_computed} tiles computed, 0 already stored (")
+    assert "\n" not in report.summary()  # per-node lines only for several nodes
+    several = dataclasses.replace(report, nodes={
+        "a" * 56: {"ip": "10.0.0.5", "host": "h1", "tiles": 4, "workers": 1, "lost": False},
+        "b" * 56: {"ip": "10.0.0.6", "host": "h2", "tiles": 2, "workers": 1, "lost": True}})
+    assert several.summary().splitlines()[1:] == ["  node 10.0.0.5 (aaaaaaaa): 4 tiles, 1 worker(s)",
+                                                  "  node 10.0.0.6 (bbbbbbbb): 2 tiles, 1 worker(s), left during the build"]
+
+
+def test_capacity_is_counted_node_by_node(monkeypatch):
+    nodes = [{"NodeID": "h", "Alive": True, "Resources": {"CPU": 1}},
+             {"NodeID": "w1", "Alive": True, "Resources": {"CPU": 4, "GPU": 1}},
+             {"NodeID": "w2", "Alive": True, "Resources": {"CPU": 4, "GPU": 1}},
+             {"NodeID": "gone", "Alive": False, "Resources": {"CPU": 4, "GPU": 8}}]
+    monkeypatch.setattr("ray.nodes", lambda: nodes)
+    assert cluster_capacity(1, 1) == 2 and cluster_capacity(1, 0.25) == 8 and cluster_capacity(1, 2) == 0
+    assert cluster_capacity(1, 0) == 9 and cluster_capacity(2, 0) == 4
+
+
+def test_a_locked_store_is_refused_as_store_locked(ray_address, tmp_path, monkeypatch):
+    """StoreLocked from taking the lease reaches the caller as it is (it is an OSError too)."""
+    def taken(self):
+        raise StoreLocked("another build took the lease of the store just now")
+
+    monkeypatch.setattr(BuildLease, "acquire", taken)
+    with pytest.raises(StoreLocked, match="^another build took the lease of the store just now$"):
+        build_gram(tmp_path / "gram", CNN, images(N), progress=False, tiling=TilingOptions(tile_size=4, workers=1))

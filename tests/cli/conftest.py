@@ -55,17 +55,32 @@ def bucket_keys(endpoint: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def ray_head(cwd, num_cpus: int = 1):
+def ray_head(cwd, num_cpus: int = 1, dashboard_port: int | None = None):
     """`ray start --head` run in the folder `cwd`, on 127.0.0.1 with its own port for every agent
-    (other Ray clusters may run on this machine); yields its GCS address and stops it after."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    (other Ray clusters may run on this machine); yields its GCS address and stops it after.
+
+    The head runs with the session's token authentication (RAY_AUTH_MODE and RAY_AUTH_TOKEN,
+    set by tests/conftest.py): drivers the tests start inherit both and are let in.
+
+    Args:
+      cwd: the head's working directory.
+      num_cpus: CPUs the head advertises.
+      dashboard_port: if given, the head runs its dashboard (and with it the job server that
+        `ray job submit` talks to) on 127.0.0.1 at this port; else no dashboard.
+    """
+    env = dict(os.environ)
+    assert env.get("RAY_AUTH_MODE") == "token" and env.get("RAY_AUTH_TOKEN"), "tests/conftest.py sets token auth"
     port = free_port()
     agents = [f"--{name}={free_port()}" for name in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    if dashboard_port is None:
+        dashboard = ["--include-dashboard=false"]
+    else:
+        dashboard = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # AF_UNIX paths must stay short
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
-                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--num-cpus={num_cpus}",
+                             "--node-ip-address=127.0.0.1", *dashboard, f"--num-cpus={num_cpus}",
                              f"--temp-dir={temp}", "--disable-usage-stats", *agents],
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

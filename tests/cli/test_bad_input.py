@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
+import time
 import types
 
 import numpy as np
@@ -28,7 +28,8 @@ from conftest import BIN, bucket_keys, free_port
 from raygram import build_gram, load_config, predict
 from raygram.cli.main import main
 from raygram.config import TilingOptions
-from raygram.errors import ConfigError, FingerprintMismatch, StoreError
+from raygram.errors import ConfigError, FingerprintMismatch, IllConditioned, SolveError, StoreError
+from raygram.solve.source import GramSource
 from raygram.store.gram_store import GramStore
 from raygram.store.plan import Tile
 
@@ -60,6 +61,13 @@ def world(ray_address, tmp_path_factory, s3_endpoint):
     w.store = root / "stores" / "cnn"
     shutil.copytree(w.store, root / "partial" / "cnn")
     GramStore(root / "partial" / "cnn").forget_tiles([Tile("test_diag", 0)])
+    shutil.copytree(w.store, root / "damaged" / "cnn")
+    (root / "damaged" / "cnn" / "zarr.json").write_text("{not json")
+    shutil.copytree(root / "partial" / "cnn", root / "locked" / "cnn")  # work to do: a build takes the lease
+    lease = root / "locked" / "cnn" / "raygram.lock"
+    lease.write_bytes(b"\x00garbage, not a lease record")
+    future = time.time() + 10**7  # never provably stale while the cases run (a young file is refused)
+    os.utime(lease, (future, future))
     (root / "file").write_text("a file, not a folder")
     (root / "filedir").mkdir()
     (root / "filedir" / "cnn").write_text("a file where the kernel's store would go")
@@ -178,6 +186,22 @@ CLI = {
                     r"kernels.cnn.architecture\[0\].Conv.out_chan: must be an integer >= 1, got -1"),
     "out_dim 0": (cli("run", "kernels.cnn.architecture=[Flatten, {{Dense: {{out_dim: 0}}}}]"), 2,
                   r"kernels.cnn.architecture\[1\].Dense.out_dim: must be an integer >= 1, got 0"),
+    "out_chan 0": (cli("run", "kernels.cnn.architecture=[{{Conv: {{out_chan: 0, filter_shape: [3, 3]}}}}, Relu, "
+                              "GlobalAvgPool, {{Dense: {{out_dim: 1}}}}]"), 2,
+                   r"kernels.cnn.architecture\[0\].Conv.out_chan: must be an integer >= 1, got 0"),
+    "a filter larger than the 8x8 images with VALID padding": (
+        cli("run", "kernels.cnn.architecture=[{{Conv: {{out_chan: 1, filter_shape: [9, 9], padding: VALID}}}}, Relu, "
+                   "GlobalAvgPool, {{Dense: {{out_dim: 1}}}}]"), 2,
+        r"kernels.cnn.architecture: layer 0 \(Conv\) gives empty outputs of shape \(0, 0, 1\) from inputs of "
+        r"shape \(8, 8, 1\)"),
+    "a pooling window larger than the images": (
+        cli("run", "kernels.cnn.architecture=[{{Conv: {{out_chan: 1, filter_shape: [3, 3], padding: SAME}}}}, Relu, "
+                   "{{AvgPool: {{window_shape: [9, 9]}}}}, GlobalAvgPool, {{Dense: {{out_dim: 1}}}}]"), 2,
+        r"kernels.cnn.architecture: layer 2 \(AvgPool\) gives empty outputs"),
+    "strides 0": (
+        cli("run", "kernels.cnn.architecture=[{{Conv: {{out_chan: 1, filter_shape: [3, 3], strides: [0, 0]}}}}, "
+                   "Relu, GlobalAvgPool, {{Dense: {{out_dim: 1}}}}]"), 2,
+        r"kernels.cnn.architecture: does not accept inputs of shape \(8, 8, 1\): layer 0 \(Conv\) .*divide by zero"),
     "tile_size true": (cli("run", "tiling.tile_size=true"), 2,
                        "tiling.tile_size: must be an integer >= 1 or null, got True"),
     "negative tol": (cli("run", "solver.tol=-1"), 2, "solver.tol: must be > 0, got -1"),
@@ -198,6 +222,20 @@ CLI = {
             "data.train_sizes=[10]", "data.test_size=10"), 2, "data.options.bandwidth: the signals of 20 molecules"),
     "complex images": (cli("run", "data.source=npz", "data.path={root}/complex.npz"), 2,
                        "images must be numbers, got dtype complex128"),
+    # damaged stores: a zarr.json that is not zarr metadata, a lease file that is not a lease record
+    "run into a store whose zarr.json is corrupt": (cli("run", "store={root}/damaged"), 2,
+                                                    "damaged/cnn/zarr.json is not readable zarr group metadata"),
+    "solve from a store whose zarr.json is corrupt": (cli("solve", "store={root}/damaged"), 2,
+                                                      "damaged/cnn/zarr.json is not readable zarr group metadata"),
+    "status of a store whose zarr.json is corrupt": (raw("status", "{root}/damaged/cnn"), 2,
+                                                     "zarr.json is not readable zarr group metadata"),
+    "verify a store whose zarr.json is corrupt": (raw("verify", "{root}/damaged/cnn"), 2,
+                                                  "zarr.json is not readable zarr group metadata"),
+    "run into a store whose lease file is corrupt": (
+        cli("run", "store={root}/locked"), 2,
+        r"the build lease .*/locked/cnn/raygram.lock cannot be read .* delete it now: rm .*/locked/cnn/raygram.lock$"),
+    "build: a store whose lease file is corrupt": (
+        cli("build", "store={root}/locked"), 2, r"cannot be read .* delete it now: rm .*/locked/cnn/raygram.lock$"),
     # object stores (moto on 127.0.0.1; a closed port for an unreachable endpoint)
     "bucket missing": (cli("run", "store=s3://nobucket/x", lambda w: s3_options(w)), 2,
                        "bucket 'nobucket' does not exist"),
@@ -239,11 +277,17 @@ NO_CREDENTIALS = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials", "AW
 
 @pytest.fixture
 def untouched(world):
-    """Asserts after the test that the world's files and the bucket's keys are unchanged."""
-    before, keys = _tree(world.root), bucket_keys(world.s3)
+    """Asserts after the test that the world's files, the bucket's keys and the working directory
+    of the cases (where a relative path would land; `api.yaml` is the API cases' own config) are
+    unchanged."""
+    def cases():
+        return {k: v for k, v in _tree(world.cases).items() if k != "api.yaml"}
+
+    before, keys, here = _tree(world.root), bucket_keys(world.s3), cases()
     yield world
     assert _tree(world.root) == before
     assert bucket_keys(world.s3) == keys
+    assert cases() == here
 
 
 @pytest.mark.parametrize("case", list(CLI))
@@ -271,6 +315,19 @@ def _images(n=4):
     return np.ones((n, 6, 6, 1))
 
 
+def _kernel(asymmetric=False, nan=False, singular=False, n=6):
+    """A positive definite (n, n) Gram, with one entry off its mirror, one not a number, or a repeated point."""
+    x = np.random.default_rng(0).normal(size=(n, n + 2))
+    if singular:
+        x[5] = x[2]
+    k = x @ x.T
+    if asymmetric:
+        k[1, 3] *= 1 + 1e-6
+    if nan:
+        k[2, 4] = np.nan
+    return k
+
+
 # (call on the world, error class, pattern of its message)
 API = {
     "build_gram: complex inputs": (lambda w: build_gram(w.root / "new", CNN, _images() + 1j),
@@ -279,6 +336,10 @@ API = {
                                                                                 "filter_shape": [3, 3]}},
                                                                     "Flatten", {"Dense": {"out_dim": 1}}], _images()),
                                 ConfigError, r"architecture\[0\].Conv.out_chan: must be an integer >= 1"),
+    "build_gram: a filter larger than the images (VALID)": (
+        lambda w: build_gram(w.root / "new", [{"Conv": {"out_chan": 1, "filter_shape": [9, 9], "padding": "VALID"}},
+                                              "Relu", "Flatten", {"Dense": {"out_dim": 1}}], _images()),
+        ConfigError, r"architecture: layer 0 \(Conv\) gives empty outputs of shape \(0, 0, 1\)"),
     "build_gram: store is a file": (lambda w: build_gram(w.root / "file" / "gram", CNN, _images()),
                                     StoreError, "is a file, not a folder"),
     "build_gram: unknown URL scheme": (lambda w: build_gram("foo://bucket/g", CNN, _images()),
@@ -301,6 +362,24 @@ API = {
         lambda w: predict(GramStore(w.store, read_only=True), np.zeros(5), kinds=["ntk"]), ConfigError, "10"),
     "predict: negative tol": (lambda w: predict(GramStore(w.store, read_only=True), np.zeros(10), kinds=["ntk"],
                                                 tol=-1), ConfigError, "solver.tol: must be > 0"),
+    "predict: an asymmetric kernel": (
+        lambda w: predict(GramSource.from_arrays({"ntk": _kernel(asymmetric=True)}, {"ntk": np.ones((2, 6))},
+                                                 {"ntk": np.ones(2)}), np.zeros(6), kinds=["ntk"]),
+        ConfigError, r"train\['ntk'\] is not symmetric: \|K - K.T\| reaches"),
+    "predict: a NaN in the kernel": (
+        lambda w: predict(GramSource.from_arrays({"ntk": _kernel(nan=True)}, {"ntk": np.ones((2, 6))},
+                                                 {"ntk": np.ones(2)}), np.zeros(6), kinds=["ntk"]),
+        ConfigError, r"train\['ntk'\] has 1 non-finite values"),
+    "predict: diag_reg 0 on a singular kernel (eigh)": (
+        lambda w: predict(GramSource.from_arrays({"ntk": _kernel(singular=True)}, {"ntk": np.ones((2, 6))},
+                                                 {"ntk": np.ones(2)}), np.zeros(6), kinds=["ntk"], diag_reg=0.0,
+                          times=float("inf"), compute_variance=False, method="eigh"),
+        SolveError, r"^the kernel is singular; use diag_reg > 0$"),
+    "predict: diag_reg 0 on a singular kernel (cholesky)": (
+        lambda w: predict(GramSource.from_arrays({"ntk": _kernel(singular=True)}, {"ntk": np.ones((2, 6))},
+                                                 {"ntk": np.ones(2)}), np.zeros(6), kinds=["ntk"], diag_reg=0.0,
+                          times=float("inf"), compute_variance=False, method="cholesky"),
+        IllConditioned, r"not positive definite .*; increase diag_reg$"),
     "load_config: storage_options a pasted secret": (
         lambda w: load_config(_file(w, _config(w, storage_options=SECRET))), ConfigError, "storage_options: must be"),
     "load_config: out_chan -1": (
@@ -339,7 +418,7 @@ def test_bad_input_through_the_installed_command(case, untouched):
     argv = INSTALLED[case](untouched)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | NO_CREDENTIALS
     out = subprocess.run([str(BIN / "raygram"), *argv], capture_output=True, text=True, cwd=untouched.cases,
-                         env={**env, "RAY_AUTH_MODE": "disabled"}, timeout=600)
+                         env=env, timeout=600)
     pattern = CLI[case][2] if case in CLI else ""
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("raygram: error: ") and out.stderr.count("\n") == 1, out.stderr

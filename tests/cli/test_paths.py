@@ -38,7 +38,7 @@ def test_relative_store_lands_in_the_drivers_folder_not_the_ray_heads(tmp_path):
         "name": "relative", "data": {"source": "npy", "path": "x.npy", "standardize": False},
         "kernels": {"dense": {"architecture": [{"Dense": {"out_dim": 1}}]}}, "store": "stores",
         "tiling": {"tile_size": 2, "workers": 1}}))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = dict(os.environ)
     with ray_head(head_dir) as address:
         driver = subprocess.run([sys.executable, "-c", DRIVER, address], cwd=driver_dir, env=env,
                                 capture_output=True, text=True, timeout=600)

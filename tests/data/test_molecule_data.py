@@ -15,7 +15,6 @@ import pytest
 from raygram import load_config
 from raygram.config import DataOptions
 from raygram.data import HARTREE_TO_KCAL_PER_MOL, Molecule, dh_directions, load_molecules, load_qm9, prepare_molecules
-from raygram.errors import ConfigError
 
 pytest.importorskip("ase")  # the `test` extra installs it
 from ase.collections import g2  # noqa: E402
@@ -190,7 +189,8 @@ def test_so3_experiment_on_user_molecules_with_sulphur_and_chlorine(ray_address,
     result = run_experiment(config, data, progress=False)
     records = result["records"]
     assert result["task"] == "regression"
-    assert len(records) == 2 * 2 * len(config.solver.diag_reg)  # kernels x training sizes x ridges (one kind)
+    times = len({r["time_step"] for r in records})  # solver.times: auto (the default)
+    assert times == 11 and len(records) == 2 * 2 * len(config.solver.diag_reg) * times  # kernels x sizes x ridges x times
     assert {(r["kernel"], r["train_size"]) for r in records} == {(k, n) for k in ("so3", "mlp") for n in (8, 12)}
     assert all(math.isfinite(r["mae"]) and r["mae"] > 0 for r in records), records
     test = [m.name.removesuffix(".xyz") for m in data.molecules_test[2:]]

@@ -14,6 +14,7 @@ import pytest
 
 from raygram import load_config
 from raygram.experiment import run_experiment
+from raygram.experiment.selection import OptimisticSelection
 from raygram.experiment.tracking import CONFIG_HASH_TAG, config_hash
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -50,21 +51,33 @@ def _png_has_content(path):
 
 def test_quickstart_records_params_metrics_plots_and_equivariance_wins(ray_address, tracking, tmp_path):
     """Small quickstart: rotated-test accuracy of the C4 GCNN beats the CNN's; the augmented CNN's
-    predictions are the GCNN's (the paper's theorem), so their accuracies are equal everywhere."""
+    predictions are the GCNN's (the paper's theorem), so their accuracies are equal everywhere and
+    the plots say so. Default (auto) times run from chance to convergence."""
     import mlflow
 
     config = load_config(QUICKSTART, SMALL + [f"store={tmp_path}/stores", f"tracking.uri={tracking}",
                                                   "tracking.experiment=quickstart-test"])
-    result = run_experiment(config, progress=False)
+    assert config.solver.times == "auto"
+    with pytest.warns(OptimisticSelection, match="no validation split"):
+        result = run_experiment(config, progress=False)
+    assert result["selected_by"] == "test — optimistic"
     records = result["records"]
     best = {(r["kernel"], r["kind"], r["t"]): r["accuracy"] for r in records if r["train_size"] == 60}
     for kind in ("ntk", "nngp"):
         assert best[("c4_gcnn", kind, np.inf)] > best[("cnn", kind, np.inf)] + 0.05, best
     for r in records:
         twin = next(q for q in records if q["kernel"] == "c4_gcnn" and all(
-            q[k] == r[k] for k in ("kind", "train_size", "t", "diag_reg")))
-        if r["kernel"] == "cnn_augmented":
-            assert r["accuracy"] == twin["accuracy"], (r, twin)
+            q[k] == r[k] for k in ("kind", "train_size", "time_step", "diag_reg")))
+        if r["kernel"] == "cnn_augmented":  # equal kernels: equal spectra, so equal auto times
+            assert r["t"] == pytest.approx(twin["t"], rel=1e-9) and r["accuracy"] == twin["accuracy"], (r, twin)
+            assert np.allclose(r["prediction_sketch"], twin["prediction_sketch"], rtol=1e-9)
+    for kernel in config.kernels:  # from chance (10 classes) at λ_max·τ = 0.1 to convergence
+        for kind in ("ntk", "nngp"):
+            curve = sorted((r for r in records if (r["kernel"], r["kind"], r["train_size"]) == (kernel, kind, 60)),
+                           key=lambda r: r["time_step"])
+            assert len(curve) == 11 and curve[0]["time"] == pytest.approx(0.1, rel=0.01)
+            assert curve[0]["accuracy"] <= 0.2 and curve[-2]["accuracy"] == pytest.approx(curve[-1]["accuracy"],
+                                                                                          abs=1 / 60)
 
     client = mlflow.MlflowClient(tracking)
     parent = client.get_run(result["run_id"])
@@ -73,16 +86,20 @@ def test_quickstart_records_params_metrics_plots_and_equivariance_wins(ray_addre
     assert parent.data.tags["raygram.store"] == f"{tmp_path}/stores" and parent.data.tags["raygram.version"]
     assert parent.data.tags[CONFIG_HASH_TAG] == config_hash(config.to_dict())
     assert parent.data.metrics["build/c4_gcnn/tiles_computed"] > 0
+    assert parent.data.tags["raygram.selected_by"] == "test — optimistic"
     children = _runs(tracking, "quickstart-test", parent=result["run_id"])
-    assert sorted((c.data.tags["raygram.kernel"], c.data.params["train_size"]) for c in children) == sorted(
-        (k, str(n)) for k in config.kernels for n in (20, 60))
+    assert sorted((c.data.tags["raygram.kernel"], c.data.params["kind"], c.data.params["train_size"])
+                  for c in children) == sorted((k, kind, str(n)) for k in config.kernels for kind in ("ntk", "nngp")
+                                               for n in (20, 60))
     child = next(c for c in children if c.data.tags["raygram.kernel"] == "c4_gcnn"
-                 and c.data.params["train_size"] == "60")
+                 and c.data.params["train_size"] == "60" and c.data.params["kind"] == "ntk")
     assert any(name.startswith("accuracy/ntk/") for name in child.data.metrics)
+    assert child.data.params["selected_by"] == "test — optimistic" and "accuracy" in child.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
     assert "plots/accuracy_vs_train_size_ntk_reg0.001.png" in artifacts
     assert "plots/accuracy_vs_time_ntk_reg0.001.png" in artifacts
-    assert {a.path for a in client.list_artifacts(result["run_id"])} >= {"config.yaml", "records.json", "plots"}
+    assert {a.path for a in client.list_artifacts(result["run_id"])} >= {"config.yaml", "records.json", "plots",
+                                                                        "results.md", "results.html"}
     local = client.download_artifacts(result["run_id"], "plots/accuracy_vs_train_size_ntk_reg0.001.png",
                                       str(tmp_path))
     _png_has_content(local)
@@ -99,9 +116,10 @@ def _raygram(args, env, **kwargs):
 
 def test_interrupted_run_resumes_build_and_mlflow_run(ray_address, tracking, tmp_path):
     """`raygram run` SIGKILLed after its first nested run finished (while the next kernel builds):
-    the rerun continues the same parent run, keeps the finished nested run, redoes the rest,
-    recomputes no stored tile; every (kernel, size) ends with exactly one finished nested run."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    the rerun continues the same parent run (same config and data), keeps the finished nested run,
+    redoes the rest, recomputes no stored tile; every (kernel, kind, size) ends with exactly one
+    finished nested run."""
+    env = dict(os.environ)
     args = ["run", str(QUICKSTART), "-q", "--set", f"ray.address={ray_address}", "--set", f"store={tmp_path}/s",
             "--set", f"tracking.uri={tracking}", "--set", "tracking.experiment=resume-test",
             "--set", "data.train_sizes=[20]", "--set", "data.test_size=40"]
@@ -126,7 +144,8 @@ def test_interrupted_run_resumes_build_and_mlflow_run(ray_address, tracking, tmp
     assert resumed.info.run_id == parent.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.tags["raygram.resumed"] == "true"
     children = [c for c in _runs(tracking, "resume-test", parent.info.run_id) if c.info.status == "FINISHED"]
-    assert sorted(c.data.tags["raygram.kernel"] for c in children) == ["c4_gcnn", "cnn", "cnn_augmented"]
+    assert sorted((c.data.tags["raygram.kernel"], c.data.tags["raygram.kind"]) for c in children) == [
+        (k, kind) for k in ("c4_gcnn", "cnn", "cnn_augmented") for kind in ("nngp", "ntk")]
     assert set(finished_before) <= {c.info.run_id for c in children}
     assert resumed.data.metrics["build/cnn/tiles_computed"] == 0  # its build had finished before the kill
 
@@ -139,7 +158,7 @@ def _free_port():
 
 def test_ray_job_submit_runs_the_quickstart_on_a_local_head(tmp_path):
     """`ray start --head` on 127.0.0.1, `ray job submit` of jobs/run_experiment.py: same MLflow record."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = dict(os.environ)
     port, dashboard = _free_port(), _free_port()
     # Agents' default ports (52365, ...) may be held by the session's own Ray instance: pick free ones.
     agents = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
@@ -172,8 +191,9 @@ def test_ray_job_submit_runs_the_quickstart_on_a_local_head(tmp_path):
     (parent,) = _runs(uri, "job-test")
     assert parent.info.status == "FINISHED" and parent.data.params["data.source"] == "digits"
     children = _runs(uri, "job-test", parent.info.run_id)
-    assert sorted(c.data.tags["raygram.kernel"] for c in children) == ["c4_gcnn", "cnn", "cnn_augmented"]
-    assert all(any(k.startswith("accuracy/") for k in c.data.metrics) for c in children)
+    assert {(c.data.tags["raygram.kernel"], c.data.tags["raygram.kind"]) for c in children} == {
+        (k, kind) for k in ("c4_gcnn", "cnn", "cnn_augmented") for kind in ("nngp", "ntk")}
+    assert all("accuracy" in c.data.metrics for c in children)
 
 
 def test_check_convergence_command_logs_a_falling_error_and_a_plot(tmp_path, tracking):
@@ -181,7 +201,7 @@ def test_check_convergence_command_logs_a_falling_error_and_a_plot(tmp_path, tra
                           "--widths", "4,64", "--networks", "3", "--points", "3", "--out", str(tmp_path / "c.png"),
                           "--set", f"tracking.uri={tracking}", "--set", "tracking.experiment=convergence-test",
                           "--set", f"store={tmp_path}/s"],
-                         env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                         env=dict(os.environ), capture_output=True, text=True,
                          timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     errors = {}

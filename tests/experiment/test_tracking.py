@@ -1,4 +1,4 @@
-"""MLflow tracking helpers and result plots against a real SQLite MLflow store.
+"""MLflow tracking helpers against a real SQLite MLflow store (result plots: test_plots.py).
 
 One store per module: creating a SQLite store runs MLflow's migrations (~6 s). Its
 experiment keeps artifacts under the same temporary folder (not ./mlruns).
@@ -12,15 +12,13 @@ import socket
 import threading
 import time
 
-import matplotlib.image
 import mlflow
-import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from raygram.errors import ConfigError, TrackingUnavailable
-from raygram.experiment import plots, tracking
+from raygram.experiment import tracking
 
 EXPERIMENT = "raygram-tracking-test"
 
@@ -158,21 +156,45 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
+class _FakeMlflow(http.server.BaseHTTPRequestHandler):
+    """Answers the pre-flight's API call as an MLflow server would, by the first path segment:
+    /mlflow/ 200 with MLflow's JSON, /auth/ 401, /perm/ 403 (a user without permission),
+    /host/ 403 (the Host check, MLflow's own text), /html/ 200 with a web page, /busy/ 503;
+    every path's /health answers 200 "OK" as MLflow does for any Host. Records each request."""
+
+    requests: list = []
+    ANSWERS = {
+        "mlflow": (200, "application/json", '{"experiments": []}'),
+        "auth": (401, "application/json", '{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}'),
+        "perm": (403, "application/json", '{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}'),
+        "host": (403, "text/plain", "Invalid Host header - possible DNS rebinding attack detected"),
+        "html": (200, "text/html", "<html>a login page</html>"),
+        "busy": (503, "text/plain", "try later"),
+    }
+
     def do_GET(self):
-        ok = self.path == "/mlflow/health"
-        self.send_response(200 if ok else 404)
+        type(self).requests.append((self.path, self.headers.get("Host"), self.headers.get("Authorization")))
+        prefix, _, rest = self.path.lstrip("/").partition("/")
+        if rest == "health":
+            status, kind, body = 200, "text/plain", "OK"
+        elif rest.startswith("api/2.0/mlflow/experiments/search?") and prefix in self.ANSWERS:
+            status, kind, body = self.ANSWERS[prefix]
+        else:
+            status, kind, body = 404, "text/plain", "no"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
         self.end_headers()
-        self.wfile.write(b"OK" if ok else b"no")
+        self.wfile.write(body.encode())
 
     def log_message(self, *args):
         pass
 
 
 @pytest.fixture
-def health_server():
-    """Port of a local HTTP server that answers GET /mlflow/health like an MLflow server."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+def fake_mlflow():
+    """Port of a local HTTP server that answers the pre-flight call like an MLflow server (`_FakeMlflow`)."""
+    _FakeMlflow.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeMlflow)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1]
@@ -186,18 +208,34 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_check_tracking_uri(monkeypatch, tmp_path, health_server):
+@pytest.fixture
+def no_mlflow_credentials(monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                 "MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.mlflow/credentials
+
+
+def test_check_tracking_uri(monkeypatch, tmp_path, fake_mlflow, no_mlflow_credentials):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     monkeypatch.setattr(tracking, "CONNECT_TIMEOUT_S", 0.5)
     (tmp_path / "notes.txt").write_text("not a database")
+    server = f"http://127.0.0.1:{fake_mlflow}"
     refused = {
         "databricks-x://host": (ConfigError, "tracking.uri: unsupported scheme"),
         f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}": (ValueError, "does not exist"),
         "sqlite://": (ValueError, "in-memory"),
         f"sqlite:///{tmp_path / 'notes.txt'}": (ValueError, "not a SQLite database"),
-        f"http://127.0.0.1:{_closed_port()}": (TrackingUnavailable, "unreachable"),
-        f"http://127.0.0.1:{health_server}": (ValueError, "not an MLflow tracking server"),
+        f"http://127.0.0.1:{_closed_port()}": (TrackingUnavailable, "unreachable: .*Connection refused"),
+        f"{server}/other": (ValueError, "404, so this is not an MLflow tracking server"),
+        f"{server}/html": (ValueError, "not an MLflow tracking server"),
+        f"{server}/auth": (ConfigError, "refused no credentials \\(401 Unauthorized.*MLFLOW_TRACKING_USERNAME"),
+        "http://127.0.0.1:99999": (ConfigError, "not a valid URL"),
+        f"{server}/perm": (ConfigError, "403 Forbidden.*lacks permission"),
+        f"{server}/host": (ConfigError, f"refuses the Host header '127.0.0.1:{fake_mlflow}'.*--allowed-hosts"),
+        f"{server}/busy": (TrackingUnavailable, "answered 503"),
+        "http://:5000": (ConfigError, "names no host"),
         f"postgresql://user@127.0.0.1:{_closed_port()}/db": (TrackingUnavailable, "unreachable"),
         "mlruns": (ValueError, "MLFLOW_ALLOW_FILE_STORE"),
         (tmp_path / "store").as_uri(): (ValueError, "MLFLOW_ALLOW_FILE_STORE"),
@@ -206,8 +244,14 @@ def test_check_tracking_uri(monkeypatch, tmp_path, health_server):
         with pytest.raises(error, match=message) as info:
             tracking.check_tracking_uri(uri)
         assert "\n" not in str(info.value)
+    # /health alone passes nothing: every refused server path above answers it with 200.
+    assert not [p for p, _, _ in _FakeMlflow.requests if p.endswith("/health")]
+    # One request per check, no retries (503 is one MLflow's client would retry).
+    assert [p.split("/")[1] for p, _, _ in _FakeMlflow.requests] == ["other", "html", "auth", "perm", "host", "busy"]
     tracking.check_tracking_uri(f"sqlite:///{tmp_path / 'new.db'}")
-    tracking.check_tracking_uri(f"http://127.0.0.1:{health_server}/mlflow/")
+    tracking.check_tracking_uri(f"{server}/mlflow/")
+    assert _FakeMlflow.requests[-1] == ("/mlflow/api/2.0/mlflow/experiments/search?max_results=1",
+                                        f"127.0.0.1:{fake_mlflow}", None)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     tracking.check_tracking_uri((tmp_path / "store").as_uri())
     with pytest.raises(ValueError, match="does not exist"):
@@ -215,67 +259,40 @@ def test_check_tracking_uri(monkeypatch, tmp_path, health_server):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_pre_flight_sends_mlflows_credentials_and_refuses_them_in_the_uri(monkeypatch, fake_mlflow,
+                                                                          no_mlflow_credentials):
+    """Basic auth from MLFLOW_TRACKING_USERNAME/PASSWORD, else a bearer MLFLOW_TRACKING_TOKEN, as
+    MLflow's client sends them; a URI with credentials is refused without echoing them."""
+    import base64
+
+    server = f"http://127.0.0.1:{fake_mlflow}/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "bearer-secret-7")
+    tracking.check_tracking_uri(server)
+    assert _FakeMlflow.requests[-1][2] == "Bearer bearer-secret-7"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-secret-9")
+    tracking.check_tracking_uri(server)
+    assert _FakeMlflow.requests[-1][2] == "Basic " + base64.b64encode(b"alice:pw-secret-9").decode()
+    with pytest.raises(ConfigError, match=r"refused the credentials \(401 Unauthorized") as info:
+        tracking.check_tracking_uri(f"http://127.0.0.1:{fake_mlflow}/auth")
+    assert "pw-secret-9" not in str(info.value)
+    calls = len(_FakeMlflow.requests)
+    for uri in (f"http://alice:pw-secret-9@127.0.0.1:{fake_mlflow}/mlflow", f"https://alice@127.0.0.1:{fake_mlflow}"):
+        with pytest.raises(ConfigError, match="must not carry credentials.*MLFLOW_TRACKING_PASSWORD") as info:
+            tracking.check_tracking_uri(uri)
+        assert "pw-secret-9" not in str(info.value) and "alice" not in str(info.value)
+    assert len(_FakeMlflow.requests) == calls  # refused before any request
+
+
 def test_unanswered_server_times_out(monkeypatch):
-    """A server that accepts the connection but never replies fails after the timeout."""
+    """A server that accepts the connection but never replies fails after the timeout, without retrying."""
     monkeypatch.setattr(tracking, "CONNECT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(tracking, "ANSWER_TIMEOUT_S", 0.5)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        start = time.monotonic()
-        with pytest.raises(ConnectionError, match="unreachable"):
+        with pytest.raises(ConnectionError, match="unreachable: timed out .*0.5 s to answer, no retries"):
             tracking.check_tracking_uri(f"http://127.0.0.1:{listener.getsockname()[1]}")
-        assert time.monotonic() - start < 2
-
-
-RESULTS = [{"kernel": kernel, "train_size": n, "t": t, "accuracy": a}
-           for kernel, offset in (("c4_gcnn", 0.1), ("cnn", 0.0), ("d4_gcnn", 0.15))
-           for n in (100, 1000) for t, a in ((1.0, 0.3), (10.0, 0.5), (100.0, 0.6), (math.inf, 0.7))
-           for a in [min(a + offset + 0.1 * (n == 1000), 1.0)]]
-ERRORS = [{"width": w, "kind": kind, "error": s / w ** 0.5, "error_std": 0.2 * s / w ** 0.5}
-          for kind, s in (("nngp", 1.5), ("ntk", 1.0)) for w in (8, 32, 128)]
-
-
-def _figure_and_lines(name):
-    """(figure, plotted data lines, lines expected) for each plot function."""
-    if name == "metric_vs_training_size":
-        fig = plots.metric_vs_training_size([r for r in RESULTS if r["t"] == math.inf],
-                                            "accuracy", "accuracy vs training size")
-        return fig, len(fig.axes[0].get_lines()), 3
-    if name == "metric_vs_time":
-        fig = plots.metric_vs_time([r for r in RESULTS if r["train_size"] == 1000],
-                                   "accuracy", "accuracy vs time")
-        styles = [line.get_linestyle() for line in fig.axes[0].get_lines()]
-        assert styles.count("--") == 3  # one t = inf line per kernel
-        return fig, styles.count("-"), 3
-    fig = plots.convergence_plot(ERRORS, "kernel error vs width")
-    assert fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "log"
-    return fig, len(fig.axes[0].containers), 2  # one errorbar container per kind
-
-
-@pytest.mark.parametrize("name", ["metric_vs_training_size", "metric_vs_time", "convergence_plot"])
-def test_plots_logged_as_png(client, tmp_path, name):
-    import matplotlib.pyplot as plt
-
-    fig, lines, expected = _figure_and_lines(name)
-    assert lines == expected
-    with mlflow.start_run() as run:
-        mlflow.log_figure(fig, f"plots/{name}.png")
-    plt.close(fig)
-    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                               artifact_path=f"plots/{name}.png", dst_path=str(tmp_path))
-    image = matplotlib.image.imread(path)
-    assert image.shape[0] > 200 and image.shape[1] > 300
-    assert image.std() > 0.01
-    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10
-
-
-def test_plots_reject_ambiguous_results():
-    with pytest.raises(ValueError, match="two results"):
-        plots.metric_vs_training_size(RESULTS, "accuracy", "mixed times")
-    with pytest.raises(ValueError, match="lacks 'rmse'"):
-        plots.metric_vs_time(RESULTS, "rmse", "no such metric")
-    with pytest.raises(ValueError, match="no results"):
-        plots.convergence_plot([], "empty")
 
 
 def test_credentials_never_reach_mlflow_and_do_not_change_the_hash(client):

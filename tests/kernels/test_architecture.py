@@ -108,3 +108,52 @@ def test_python_network_gets_the_same_shape_check(python_nets):
 def test_a_kernel_must_return_one_array_per_kind():
     with pytest.raises(ConfigError, match=r"one array per kind asked for \('nngp', 'ntk'\), got 1"):
         check_architecture(lambda x1, x2, get: x1 @ x1.T, (3,))
+
+
+# -- layer arguments that fail only on shapes: caught by tracing the layers, named by position --------------------
+def _head(*layers):
+    return [*layers, "GlobalAvgPool", {"Dense": {"out_dim": 1}}]
+
+
+@pytest.mark.parametrize("spec, message", [
+    (_head({"Conv": {"out_chan": 0, "filter_shape": [3, 3]}}),
+     r"^arch: layer 0 \(Conv\) gives empty outputs of shape \(6, 6, 0\) from inputs of shape \(8, 8, 1\)"),
+    (_head({"Conv": {"out_chan": 1, "filter_shape": [9, 9], "padding": "VALID"}}),
+     r"^arch: layer 0 \(Conv\) gives empty outputs of shape \(0, 0, 1\)"),
+    (_head({"Conv": {"out_chan": 1, "filter_shape": [3, 3], "padding": "SAME"}}, "Relu",
+           {"AvgPool": {"window_shape": [20, 20]}}),
+     r"^arch: layer 2 \(AvgPool\) gives empty outputs of shape \(0, 0, 1\) from inputs of shape \(8, 8, 1\)"),
+    (["Flatten", {"Dense": {"out_dim": 0}}], r"^arch: layer 1 \(Dense\) gives empty outputs of shape \(0,\)"),
+    (_head({"Conv": {"out_chan": 1, "filter_shape": [3, 3], "strides": [0, 0]}}),
+     r"^arch: does not accept inputs of shape \(8, 8, 1\): layer 0 \(Conv\) fails on its inputs of shape "
+     r"\(8, 8, 1\): RuntimeWarning: divide by zero"),
+    (_head({"Conv": {"out_chan": 1, "filter_shape": [1, 1]}}, "Relu",
+           {"Conv": {"out_chan": 1, "filter_shape": [0, 0]}}),
+     r"^arch: does not accept inputs of shape \(8, 8, 1\): layer 2 \(Conv\): ZeroDivisionError"),
+    (_head({"LiftingConv": {"out_chan": 1, "filter_shape": [9, 9], "group": "C4", "padding": "VALID"}}),
+     r"^arch: does not accept inputs of shape \(8, 8, 1\): layer 0 \(LiftingConv\) .*: ConfigError: .*larger "
+     r"than the input"),
+    ([{"GroupConv": {"out_chan": 1, "filter_shape": [3, 3], "group": "C4"}}, "GroupPool", {"Dense": {"out_dim": 1}}],
+     r"^arch: does not accept inputs of shape \(8, 8, 1\): layer 0 \(GroupConv\) fails on its inputs of shape "
+     r"\(8, 8, 1\): ConfigError: GroupConv expects"),
+    (["AtomSum", {"Dense": {"out_dim": 4}}, "Relu", {"Dense": {"out_dim": 0}}],
+     r"^arch: layer 3 \(Dense\) gives empty outputs of shape \(0,\) from inputs of shape \(4,\)"),
+])
+def test_layer_arguments_that_fail_on_shapes_are_caught_before_any_work(spec, message):
+    """What neural-tangents accepts when the layer is made and fails on later (a ZeroDivisionError in a
+    worker) or never (an empty output gives a kernel of NaN): one line naming the layer."""
+    input_shape = (5, 3) if spec[0] == "AtomSum" else (8, 8, 1)  # molecules: 5 atoms, 2 features + mask
+    with pytest.raises(ConfigError, match=message) as error:
+        check_architecture(spec, input_shape, where="arch")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("spec, input_shape", [
+    (_head({"Conv": {"out_chan": 1, "filter_shape": [8, 8], "padding": "VALID"}}), (8, 8, 1)),  # 1x1 output: fine
+    ([{"LiftingConv": {"out_chan": 2, "filter_shape": [3, 3], "group": "C4", "padding": "SAME"}}, "Relu",
+      {"GroupConv": {"out_chan": 2, "filter_shape": [3, 3], "group": "C4", "padding": "SAME"}}, "GroupPool",
+      {"Dense": {"out_dim": 1}}, {"FullAugmentation": {"group": "C4"}}], (6, 6, 1)),
+    (["AtomSum", {"Dense": {"out_dim": 4}}, "Relu", {"Dense": {"out_dim": 1}}], (5, 3)),
+])
+def test_good_networks_pass_the_layer_trace(spec, input_shape):
+    check_architecture(spec, input_shape)

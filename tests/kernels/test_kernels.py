@@ -2,12 +2,11 @@
 import itertools
 
 import jax
-import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from raygram._neural_tangents import stax
+from raygram._neural_tangents import stax, x64
 from raygram.kernels import GroupConv, GroupPool, LiftingConv, get_group, serial, transform_images
 
 ATOL = 1e-12  # float64 round-off on O(1) kernel values, same algebra in another order
@@ -145,7 +144,7 @@ def test_float32_matches_float64(xs, group):
     layers = body(group) + [GroupPool(), stax.Dense(1)]
     for kernel_fn in (serial(*layers)[2], stax.serial(*layers)[2]):
         k64 = kernel_fn(x1, x2, "ntk")
-        with jax.experimental.disable_x64():
+        with x64(False):
             k32 = kernel_fn(np.float32(x1), np.float32(x2), "ntk")
         assert k32.dtype == jnp.float32 and k64.dtype == jnp.float64
         np.testing.assert_allclose(k32, k64, rtol=1e-5)

@@ -164,6 +164,8 @@ def test_defaults_are_the_yaml_defaults(problem):
     (None, {"method": "qr"}, r"solver\.method: must be one of"),
     (SolverOptions(method="cg"), {"times": [1.0, math.inf]}, "infinite-time predictions only"),
     ({"method": "eigh"}, {}, "solver must be a SolverOptions"),
+    (SolverOptions(times="auto"), {}, r"solver\.times: predict needs the training times as numbers"),
+    (None, {"times": "auto"}, r"solver\.times: predict needs the training times as numbers"),
 ])
 def test_bad_settings_are_config_errors_naming_the_key(problem, solver, settings, message):
     _, _, _, y, source = problem

@@ -9,11 +9,9 @@ from builds import EQUIVARIANT, images, reference_kernel_fn
 from raygram._neural_tangents import nt
 from raygram.build.scheduler import build_gram
 from raygram.config import TilingOptions
-from raygram.errors import (ConfigError, CorruptTile, IllConditioned, MemoryBudgetExceeded, NotConverged, SolveError,
-                            StoreError)
+from raygram.errors import (CorruptTile, IllConditioned, NotConverged, SolveError)
 from raygram.solve import GramSource, predict
 from raygram.store.gram_store import GramStore
-from raygram.store.plan import Tile
 
 N, M, TILE = 30, 8, 7
 LARGE = 2000

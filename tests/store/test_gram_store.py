@@ -466,3 +466,80 @@ def test_an_undecodable_checksum_chunk_makes_its_tile_bad(tmp_path):
     store.forget_tiles([tile])  # what `build --verify` does before recomputing it
     store.write_tile(tile, tile_values(store, tile))
     assert GramStore(root).verify() == {}
+
+
+# -- relative paths, and the status / verify commands ----------------------------------------------
+
+def test_a_relative_path_is_made_absolute_when_the_store_is_made(tmp_path, monkeypatch):
+    """A GramStore pickled to a process in another folder (a Ray actor) means the same folder."""
+    (tmp_path / "driver").mkdir()
+    (tmp_path / "actor").mkdir()
+    monkeypatch.chdir(tmp_path / "driver")
+    for given in ("g", "file://g", "./g"):
+        store = GramStore(given)
+        assert store.url == str(tmp_path / "driver" / "g"), given
+        payload = pickle.dumps(store)
+        monkeypatch.chdir(tmp_path / "actor")
+        assert pickle.loads(payload).url == str(tmp_path / "driver" / "g")
+        monkeypatch.chdir(tmp_path / "driver")
+    make_store("g")
+    monkeypatch.chdir(tmp_path / "actor")
+    reopened = pickle.loads(payload)
+    reopened.write_tile(Tile("test_diag", 0), tile_values(reopened, Tile("test_diag", 0)))
+    assert GramStore(tmp_path / "driver" / "g").written_tiles() == {Tile("test_diag", 0)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["actor", "driver"]
+    assert list((tmp_path / "actor").iterdir()) == []
+    assert GramStore("s3://bucket/g", read_only=True).url == "s3://bucket/g"  # URLs are kept as they are
+
+
+def run_cli(*argv, capsys):
+    from raygram.cli.main import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_and_verify_commands_count_every_tile_once(tmp_path, capsys):
+    """N=10, M=4, t=4: 10 tiles (6 train_train, 3 test_train, 1 test_diag); four kinds of damage."""
+    root = tmp_path / "g"
+    store = full_store(root)
+    code, out, err = run_cli("verify", str(root), capsys=capsys)
+    assert (code, err) == (0, "") and out == f"{root}: 10 tiles: 10 good, 0 bad, 0 not written\n"
+    code, out, _ = run_cli("status", str(root), capsys=capsys)
+    assert code == 0 and out.startswith(f"{root}: 10/10 tiles (complete); N=10, M=4, tile size 4")
+    assert out.splitlines()[-1] == "values not checked (run `raygram verify` to read every tile against its checksum)"
+
+    delete_values(root, Tile("train_train", 1, 1))   # bad: listed (status sees it)
+    flip_byte(root, Tile("train_train", 0, 0))       # bad: only a read sees it
+    delete_checksum(root, Tile("test_train", 0, 1))  # bad: values without a checksum (listed)
+    store.forget_tiles([Tile("test_diag", 0)])       # not written: not bad
+    code, out, err = run_cli("verify", str(root), capsys=capsys)
+    assert code == 1 and err == ""
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines[:-1]] == [
+        "BAD test_train[0,1]", "BAD train_train[0,0]", "BAD train_train[1,1]"]
+    assert lines[-1] == (f"{root}: 10 tiles: 6 good, 3 bad, 1 not written; "
+                         "rerun the build with --verify to recompute the bad ones")
+    code, out, err = run_cli("status", str(root), capsys=capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{root}: 8/10 tiles (incomplete, 2 corrupt);")
+    assert lines[1].split() == ["train_train", "6/6", "tiles", "100.00%", "of", "entries"]
+    assert lines[2].split()[:2] == ["test_train", "2/3"] and lines[3].split()[:2] == ["test_diag", "0/1"]
+    assert lines[4] == "CORRUPT train_train[1,1]: ntk chunk missing"
+    assert lines[5].startswith("CORRUPT test_train[0,1]: checksum chunk missing")
+    assert "train_train[0,0]" not in out  # a changed value needs a read: status does not claim to see it
+    assert lines[-1].startswith("values not checked (run `raygram verify`")
+
+
+def test_verify_exits_1_for_a_lost_checksum_chunk_and_0_for_an_unfinished_build(tmp_path, capsys):
+    root = tmp_path / "g"
+    store = full_store(root)
+    delete_checksum(root, Tile("train_train", 0, 1))
+    code, out, _ = run_cli("verify", str(root), capsys=capsys)
+    assert code == 1 and out.splitlines()[0].startswith("BAD train_train[0,1]: checksum chunk missing")
+    assert out.splitlines()[-1].startswith(f"{root}: 10 tiles: 9 good, 1 bad, 0 not written;")
+    store.forget_tiles([Tile("train_train", 0, 1), Tile("test_train", 0, 2)])  # an unfinished build: nothing bad
+    code, out, _ = run_cli("verify", str(root), capsys=capsys)
+    assert code == 0 and out == f"{root}: 10 tiles: 8 good, 0 bad, 2 not written\n"
