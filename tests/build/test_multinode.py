@@ -212,7 +212,7 @@ class Cluster:
         process.wait(timeout=60)
 
     def stop(self, name: str) -> None:
-        """Stop a worker node as `ray stop` would stop it (SIGTERM to its own process group only)."""
+        """Stop one worker node this test started: SIGTERM to its own `ray start --block` process group only."""
         process = self.nodes.pop(name)
         if process.poll() is not None:
             return
