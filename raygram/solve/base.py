@@ -141,10 +141,10 @@ class Method(abc.ABC):
         return cls(source, kind, options, info)
 
     @classmethod
-    @abc.abstractmethod
     def working_set(cls, n: int, outputs: int, columns: int, chunk: int, options: SolverOptions,
                     workers: int) -> int:
-        """Bytes (float64) the method holds at once.
+        """Bytes (float64) the method holds at once: what every method holds (`shared_working_set`)
+        plus its own (`own_bytes`).
 
         Args:
           n: training points N.
@@ -156,6 +156,18 @@ class Method(abc.ABC):
 
         Returns:
           The working set in bytes, compared with the memory budget.
+        """
+        return shared_working_set(n, outputs + columns, chunk, workers) + cls.own_bytes(n, outputs + columns, options)
+
+    @classmethod
+    @abc.abstractmethod
+    def own_bytes(cls, n: int, rhs: int, options: SolverOptions) -> int:
+        """Bytes of what this method holds beyond `shared_working_set` (its factor, basis, ...).
+
+        Args:
+          n: training points N.
+          rhs: right-hand sides R (target outputs plus variance columns).
+          options: the solver settings (`max_iterations`, `preconditioner_rank`).
         """
 
     @abc.abstractmethod

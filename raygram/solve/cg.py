@@ -20,7 +20,7 @@ import numpy as np
 
 from raygram.config import SolverOptions
 from raygram.errors import NotConverged
-from raygram.solve.base import Method, shared_working_set
+from raygram.solve.base import Method
 
 __all__ = ["CGInfo", "rp_cholesky", "NystromPreconditioner", "block_cg", "CGMethod"]
 
@@ -185,11 +185,9 @@ class CGMethod(Method):
         self.preconditioners: dict[float, NystromPreconditioner] = {}
 
     @classmethod
-    def working_set(cls, n: int, outputs: int, columns: int, chunk: int, options: SolverOptions,
-                    workers: int) -> int:
+    def own_bytes(cls, n: int, rhs: int, options: SolverOptions) -> int:
         # the preconditioner: F, U, and the SVD's copy and work
-        return shared_working_set(n, outputs + columns, chunk, workers) + 4 * 8 * n * min(
-            options.preconditioner_rank, n)
+        return 4 * 8 * n * min(options.preconditioner_rank, n)
 
     def apply(self, rhs: np.ndarray, functions: Sequence[Callable[[np.ndarray], np.ndarray]],
               shift: float) -> list[np.ndarray]:

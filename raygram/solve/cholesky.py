@@ -15,7 +15,7 @@ import numpy as np
 
 from raygram.config import SolverOptions
 from raygram.errors import IllConditioned
-from raygram.solve.base import Method, shared_working_set
+from raygram.solve.base import Method
 
 __all__ = ["DaskCholesky", "CholeskyMethod", "BLOCK"]
 
@@ -118,10 +118,9 @@ class CholeskyMethod(Method):
         self.factors: dict[float, DaskCholesky] = {}
 
     @classmethod
-    def working_set(cls, n: int, outputs: int, columns: int, chunk: int, options: SolverOptions,
-                    workers: int) -> int:
+    def own_bytes(cls, n: int, rhs: int, options: SolverOptions) -> int:
         # K as read, K + ρI, the factor, and LAPACK's copy
-        return 4 * 8 * n * n + shared_working_set(n, outputs + columns, chunk, workers)
+        return 4 * 8 * n * n
 
     def apply(self, rhs: np.ndarray, functions: Sequence[Callable[[np.ndarray], np.ndarray]],
               shift: float) -> list[np.ndarray]:

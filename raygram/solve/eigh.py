@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from raygram.config import SolverOptions
-from raygram.solve.base import Method, check_spectrum, shared_working_set
+from raygram.solve.base import Method, check_spectrum
 
 __all__ = ["EighMethod"]
 
@@ -32,10 +32,9 @@ class EighMethod(Method):
         self.values, self.vectors = np.linalg.eigh(source.dense(kind))
 
     @classmethod
-    def working_set(cls, n: int, outputs: int, columns: int, chunk: int, options: SolverOptions,
-                    workers: int) -> int:
+    def own_bytes(cls, n: int, rhs: int, options: SolverOptions) -> int:
         # K, the eigenvectors, and LAPACK's workspace (2 N²)
-        return 4 * 8 * n * n + shared_working_set(n, outputs + columns, chunk, workers)
+        return 4 * 8 * n * n
 
     def apply(self, rhs: np.ndarray, functions: Sequence[Callable[[np.ndarray], np.ndarray]],
               shift: float) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from raygram.config import SolverOptions
 from raygram.errors import NotConverged
-from raygram.solve.base import Method, check_spectrum, shared_working_set
+from raygram.solve.base import Method, check_spectrum
 
 __all__ = ["LanczosInfo", "lanczos_functions", "LanczosMethod"]
 
@@ -138,11 +138,9 @@ class LanczosMethod(Method):
     memory_hint = "fewer Lanczos steps (max_iterations) or compute_variance=False need less"
 
     @classmethod
-    def working_set(cls, n: int, outputs: int, columns: int, chunk: int, options: SolverOptions,
-                    workers: int) -> int:
-        rhs = outputs + columns
+    def own_bytes(cls, n: int, rhs: int, options: SolverOptions) -> int:
         # the Krylov basis
-        return shared_working_set(n, rhs, chunk, workers) + 8 * n * rhs * (options.max_iterations + 1)
+        return 8 * n * rhs * (options.max_iterations + 1)
 
     def apply(self, rhs: np.ndarray, functions: Sequence[Callable[[np.ndarray], np.ndarray]],
               shift: float) -> list[np.ndarray]:
