@@ -6,7 +6,8 @@ with global average pooling (stax.Conv in place of the group layers), measured i
 same run. Rows:
   CNN-GAP          neural-tangents stax.Conv ... GlobalAvgPool (baseline)
   C4/D4 invariant  raygram.kernels.serial: orbit average of |G| CNN-GAP kernels
-  C4/D4 general    stax.serial of the group layers: |G| relative blocks (any output)
+  C4/D4 general    raygram.kernels.serial.general_serial: the group recursion of the
+                   |G| relative blocks (stax.serial's values), one block at a time
   C4/D4 full       covariance="full": the whole (|G|·H·W)² covariance, as in the theorems
 Each row is the best of --repeats jit-compiled calls on an n×n tile, divided by n².
 Memory is XLA's own analysis of the compiled call (arguments + outputs + temporaries).
@@ -28,6 +29,7 @@ jax.config.update("jax_enable_x64", True)
 
 from raygram._neural_tangents import stax, x64  # noqa: E402
 from raygram.kernels import GroupConv, GroupPool, LiftingConv, serial  # noqa: E402
+from raygram.kernels.serial import general_serial  # noqa: E402
 
 
 def gcnn_layers(group, covariance="relative"):
@@ -41,8 +43,8 @@ MODELS = {
                                    stax.GlobalAvgPool(), stax.Dense(1))[2],
     "C4 invariant": lambda: serial(*gcnn_layers("C4"))[2],
     "D4 invariant": lambda: serial(*gcnn_layers("D4"))[2],
-    "C4 general": lambda: stax.serial(*gcnn_layers("C4"))[2],
-    "D4 general": lambda: stax.serial(*gcnn_layers("D4"))[2],
+    "C4 general": lambda: general_serial(*gcnn_layers("C4"))[2],
+    "D4 general": lambda: general_serial(*gcnn_layers("D4"))[2],
     "C4 full": lambda: stax.serial(*gcnn_layers("C4", "full"))[2],
     "D4 full": lambda: stax.serial(*gcnn_layers("D4", "full"))[2],
 }

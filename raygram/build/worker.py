@@ -2,8 +2,9 @@
 
 One long-lived actor per GPU (or per CPU worker): it loads the kernel from its `KernelSource`,
 compiles one executable per tile shape (off-diagonal, diagonal, test self-kernels),
-computes a tile, checks it is finite, writes it straight into the zarr store and
-returns only the tile id and timings to the driver.
+computes a tile (a molecular kernel's on the tile's real atoms only, without the
+padding: `raygram.kernels.atoms.RaggedTiles`), checks it is finite, writes it straight
+into the zarr store and returns only the tile id and timings to the driver.
 
 A worker that Ray gave GPUs checks, before its first use of JAX, that JAX sees a GPU: a
 node whose JAX has no GPU support (a CPU-only `jaxlib`, missing CUDA libraries) would
@@ -94,6 +95,7 @@ class TileWorker:
                   "test": None if x_test is None else np.asarray(x_test, self.dtype)}
         self.store = self.plan = None
         self.compiled = {}
+        self.ragged = self.flat = self._counts = None
         self.device = threading.Lock()
         self.last_compute_end = None
         self._devices_checked = False
@@ -131,17 +133,30 @@ class TileWorker:
 
     # -- memory model ---------------------------------------------------------------------------
     def tile_memory(self, sizes) -> list[int]:
-        """XLA's peak bytes (arguments + outputs + temporaries) of an off-diagonal tile per size."""
+        """XLA's peak bytes (arguments + outputs + temporaries) of an off-diagonal tile per size.
+
+        For molecules built ragged (`_ragged`) a tile is its ragged cross program plus, when
+        the build has test points, the test self-kernels' program (padded molecules,
+        t·A² atom pairs, which can outgrow a ragged tile's chunk pairs): the two never run
+        at once, so their sum bounds either, and it stays quadratic in the size as the
+        scheduler's fit (`fit_tile_size`) needs.
+        """
         import jax
 
         self.check_devices()
         out = []
         for t in sizes:
             x = jax.ShapeDtypeStruct((t,) + self.x["train"].shape[1:], self.dtype)
-            fn = jax.jit(lambda a, b: self.kernel_fn(a, b, self.kinds))
-            stats = fn.lower(x, x).compile().memory_analysis()
-            out.append(int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-                           + stats.temp_size_in_bytes))
+            ragged = self._ragged(t)
+            if ragged is None:
+                fn = jax.jit(lambda a, b: self.kernel_fn(a, b, self.kinds))
+                out.append(_peak_bytes(fn.lower(x, x)))
+                continue
+            side = ragged.shapes(self._atom_shape(), self.dtype)
+            peak = _peak_bytes(jax.jit(ragged.cross).lower(*side, *side))
+            if self.x["test"] is not None:
+                peak += _peak_bytes(jax.jit(self._self_kernel()).lower(x))
+            out.append(peak)
         return out
 
     def memory_budget(self, workers_per_device: int) -> int:
@@ -159,9 +174,9 @@ class TileWorker:
     def prepare(self, plan: dict, store) -> dict:
         """Adopt the build's plan and store, compile every tile shape it needs.
 
-        Returns the compile seconds, this process's pid and host, and the Ray node it runs
-        on (id and IP). The driver sends tiles only once this has returned (a threaded actor
-        does not keep call order).
+        Returns the compile seconds, the number of compiled programs (`executables`), this
+        process's pid and host, and the Ray node it runs on (id and IP). The driver sends
+        tiles only once this has returned (a threaded actor does not keep call order).
         """
         import ray
 
@@ -173,21 +188,71 @@ class TileWorker:
             self._compile()
             self.last_compute_end = time.perf_counter()
         context = ray.get_runtime_context()
-        return {"compile_s": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname(),
+        return {"compile_s": time.perf_counter() - start, "executables": len(self.compiled),
+                "pid": os.getpid(), "host": socket.gethostname(),
                 "node": context.get_node_id(), "ip": ray.util.get_node_ip_address()}
 
-    def _compile(self):
+    def _ragged(self, tile_size: int):
+        """`RaggedTiles` at this tile size when the kernel is molecular, else None.
+
+        A kernel is molecular when `raygram.kernels.atoms.atom_kernel` finds the per-atom
+        kernel that `AtomSum` marks its kernel_fn with (an architecture whose first entry is
+        AtomSum, or a Python kernel made with `AtomSum`): its tiles are then computed on
+        their real atoms (mask not 0) only, with the same values, instead of on all A x A'
+        atom pairs of the padded molecules. The chunk follows the training molecules' mean
+        atom count, the window the fewest atoms of any molecule.
+        """
+        from raygram.kernels.atoms import RaggedTiles, atom_counts, atom_kernel
+
+        atom_fn = atom_kernel(self.kernel_fn)
+        if atom_fn is None:
+            return None
+        if self._counts is None:
+            self._counts = {name: atom_counts(x) for name, x in self.x.items() if x is not None}
+        arrays = [x for x in self.x.values() if x is not None]
+        fewest = min(int(c.min()) for c in self._counts.values())
+        return RaggedTiles(atom_fn, self.kinds, tile_size, max(x.shape[1] for x in arrays),
+                           float(self._counts["train"].mean()), fewest)
+
+    def _atom_shape(self) -> tuple[int, ...]:
+        """The shape of one atom as the per-atom kernel sees it: without the molecule axes and the mask channel."""
+        shape = self.x["train"].shape
+        return tuple(shape[2:-1]) + (shape[-1] - 1,)
+
+    def _self_kernel(self):
+        """k(x, x) of each input of a batch: the test self-kernels (molecules padded, as they are few)."""
         import jax
 
-        t = self.plan.tile_size
-        row = self.x["train"][:1]
-        probe = np.repeat(row, t, axis=0)
         kernel_fn, kinds = self.kernel_fn, self.kinds
-        self.compiled["cross"] = jax.jit(lambda a, b: kernel_fn(a, b, kinds)).lower(probe, probe).compile()
-        self.compiled["square"] = jax.jit(lambda a: kernel_fn(a, None, kinds)).lower(probe).compile()
+        return jax.vmap(lambda xi: kernel_fn(xi[None], None, kinds))
+
+    def _compile(self):
+        """Compile the build's programs: cross and square tiles, and the test self-kernels.
+
+        One program per tile kind, whatever the tile: padded molecules or not, every tile of
+        a kind has one shape (ragged tiles loop over as many chunk pairs as they have).
+        """
+        import jax
+        from raygram.kernels.atoms import FlatMolecules
+
+        t = self.plan.tile_size
+        probe = np.repeat(self.x["train"][:1], t, axis=0)
+        kernel_fn, kinds = self.kernel_fn, self.kinds
+        self.ragged = self._ragged(t)
+        if self.ragged is None:
+            self.compiled["cross"] = jax.jit(lambda a, b: kernel_fn(a, b, kinds)).lower(probe, probe).compile()
+            self.compiled["square"] = jax.jit(lambda a: kernel_fn(a, None, kinds)).lower(probe).compile()
+        else:
+            self.flat = {name: FlatMolecules(x) for name, x in self.x.items() if x is not None}
+            side = self.ragged.shapes(self._atom_shape(), self.dtype)
+            self.compiled["cross"] = jax.jit(self.ragged.cross).lower(*side, *side).compile()
+            self.compiled["square"] = jax.jit(self.ragged.square).lower(*side).compile()
         if self.plan.n_test:
-            self_kernel = jax.vmap(lambda xi: kernel_fn(xi[None], None, kinds))
-            self.compiled["self"] = jax.jit(self_kernel).lower(probe).compile()
+            self.compiled["self"] = jax.jit(self._self_kernel()).lower(probe).compile()
+
+    def _side(self, name: str, span: slice):
+        """A ragged tile side: the real atoms of molecules `span` of x_train or x_test (`FlatMolecules.side`)."""
+        return self.flat[name].side(span.start, span.stop, self.ragged.length, self.ragged.chunk)
 
     def _kernel(self, tile: Tile) -> dict[str, np.ndarray]:
         """Unpadded values of each kind for a tile."""
@@ -197,12 +262,16 @@ class TileWorker:
             out = self.compiled["self"](plan.padded_rows(x_test, tile.i))
             rows = plan.region(tile)[0]
             return {k: np.asarray(v).reshape(-1)[:rows.stop - rows.start] for k, v in zip(self.kinds, out)}
-        x1 = x_train if tile.block == "train_train" else x_test
-        if tile.block == "train_train" and tile.i == tile.j:
-            out = self.compiled["square"](plan.padded_rows(x1, tile.i))
-        else:
-            out = self.compiled["cross"](plan.padded_rows(x1, tile.i), plan.padded_rows(x_train, tile.j))
         rows, cols = plan.region(tile)
+        square = tile.block == "train_train" and tile.i == tile.j
+        if self.ragged is not None:
+            first = self._side("train" if tile.block == "train_train" else "test", rows)
+            out = (self.compiled["square"](*first) if square
+                   else self.compiled["cross"](*first, *self._side("train", cols)))
+        else:
+            x1 = x_train if tile.block == "train_train" else x_test
+            out = (self.compiled["square"](plan.padded_rows(x1, tile.i)) if square
+                   else self.compiled["cross"](plan.padded_rows(x1, tile.i), plan.padded_rows(x_train, tile.j)))
         return {k: np.asarray(v)[:rows.stop - rows.start, :cols.stop - cols.start]
                 for k, v in zip(self.kinds, out)}
 
@@ -227,3 +296,9 @@ class TileWorker:
         self.store.write_tile(tile, values)
         return {"tile": tile, "pid": os.getpid(), "compute_s": computed - start,
                 "write_s": time.perf_counter() - computed, "idle_s": idle}
+
+
+def _peak_bytes(lowered) -> int:
+    """XLA's peak bytes (arguments + outputs + temporaries) of a lowered program, compiled."""
+    stats = lowered.compile().memory_analysis()
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)

@@ -26,6 +26,12 @@ only part a nonlinearity reads, and neural-tangents' elementwise rules broadcast
 against the (|G|, 1) pair unchanged (the identity is element 0). `covariance="full"`
 propagates the whole (|G|·H·W)² covariance exactly as the theorems are written; it is
 the reference the relative form is tested against.
+
+One block at a time. Each D'_r depends only on the D_r before it (and, through a
+nonlinearity, on the self-covariances' block e), so `block_kernel_fn(layer)` is a
+LiftingConv's or GroupConv's map restricted to one block r (which may be a traced loop
+index): `raygram.kernels.serial` runs the layers before a GroupPool that way, holding
+one block instead of |G|, with the same values.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ from raygram.errors import ConfigError
 from raygram.kernels.groups import PlanarGroup, as_group, get_group, pullback
 from raygram.kernels.stax_layers import (affine_kernel_fn, check_in_chan, check_out_chan,
                                          check_parameterization, init_params, param_scales,
-                                         recorded_layer, requires_full_covariance,
+                                         recorded_call, recorded_layer, requires_full_covariance,
                                          requires_full_covariance_pooled)
 
 _PADDINGS = ("VALID", "SAME", "CIRCULAR")
@@ -93,18 +99,36 @@ def _cov_conv(cov, offsets1, offsets2, filter_shape, padding, batch_ndim):
     """Σ_j cov[o + offsets1[j], o' + offsets2[j]] / |U| on a (padded) covariance.
 
     cov: (*batch, H, H', W, W', *rest); offsets: (kh, kw, 2) int filter taps for the
-    first (x1) and second (x2) argument. Returns (*batch, Ho, Ho', Wo, Wo', *rest).
+    first (x1) and second (x2) argument, numpy arrays; offsets1 may also be a traced
+    array (a relative block chosen inside a loop), whose taps are then dynamic slices.
+    Returns (*batch, Ho, Ho', Wo, Wo', *rest).
     """
     b = batch_ndim
     h, w = cov.shape[b], cov.shape[b + 2]
     ho, wo = _out_size(h, filter_shape[0], padding), _out_size(w, filter_shape[1], padding)
     cov = _pad_spatial(cov, filter_shape, padding, ((b, b + 1), (b + 2, b + 3)))
     lead = (slice(None),) * b
+    static = isinstance(offsets1, np.ndarray)
     out = 0.
     for a, c in zip(offsets1.reshape(-1, 2), offsets2.reshape(-1, 2)):
-        out = out + cov[lead + (slice(a[0], a[0] + ho), slice(c[0], c[0] + ho),
-                                slice(a[1], a[1] + wo), slice(c[1], c[1] + wo))]
+        if static:
+            tap = cov[lead + (slice(a[0], a[0] + ho), slice(c[0], c[0] + ho),
+                              slice(a[1], a[1] + wo), slice(c[1], c[1] + wo))]
+        else:
+            tap = lax.dynamic_slice_in_dim(lax.dynamic_slice_in_dim(cov, a[0], ho, b),
+                                           a[1], wo, b + 2)
+            tap = tap[lead + (slice(None), slice(c[0], c[0] + ho),
+                              slice(None), slice(c[1], c[1] + wo))]
+        out = out + tap
     return out / (filter_shape[0] * filter_shape[1])
+
+
+def _taps(group, filter_shape, block):
+    """Filter taps of group element `block` (an int, or a traced integer): (kh, kw, 2)."""
+    if isinstance(block, (int, np.integer)):
+        return group.offsets(int(block), filter_shape)
+    table = np.stack([group.offsets(g, filter_shape) for g in range(group.order)])
+    return jnp.asarray(table)[block]
 
 
 def _check_group_pair(group: PlanarGroup, cov, batch_ndim):
@@ -118,26 +142,41 @@ def _check_group_pair(group: PlanarGroup, cov, batch_ndim):
     return pair
 
 
-def _lift_cov(cov, group, filter_shape, padding, covariance, batch_ndim, blocks):
+def _lift_cov(cov, group, filter_shape, padding, covariance, batch_ndim, block=None):
     """Lifting recursion without affine scaling: image covariance -> group covariance.
 
-    `blocks` is the number of relative blocks to keep (|G| for nngp/ntk, 1 for the
-    self-covariances, whose diagonal block r = e is all the nonlinearities read).
+    `block` None gives every relative block D_r (group pair (|G|, 1)), or the full
+    covariance; `block` r (an int, or a traced integer) gives D_r alone, group pair
+    (1, 1): r = 0 for the self-covariances, whose diagonal block r = e is all the
+    nonlinearities read, any r for `block_kernel_fn`.
     """
     offs = [group.offsets(g, filter_shape) for g in range(group.order)]
+    if block is not None:
+        return _cov_conv(cov, _taps(group, filter_shape, block), offs[0], filter_shape,
+                         padding, batch_ndim)[..., None, None]
     if covariance == "relative":
         out = [_cov_conv(cov, offs[r], offs[0], filter_shape, padding, batch_ndim)
-               for r in range(blocks)]
+               for r in range(group.order)]
         return jnp.stack(out, -1)[..., None]
     rows = [jnp.stack([_cov_conv(cov, offs[g], offs[h], filter_shape, padding, batch_ndim)
                        for h in range(group.order)], -1) for g in range(group.order)]
     return jnp.stack(rows, -2)
 
 
-def _group_conv_cov(cov, group, filter_shape, padding, batch_ndim):
-    """Group-convolution recursion without affine scaling, in the representation of `cov`."""
+def _group_conv_cov(cov, group, filter_shape, padding, batch_ndim, block=None):
+    """Group-convolution recursion without affine scaling, in the representation of `cov`.
+
+    `block` r (an int, or a traced integer): `cov` holds the relative block D_r alone
+    (group pair (1, 1)) and so does the result. `block` None: a group pair (1, 1) is
+    the block r = e of a self-covariance.
+    """
     offs = [group.offsets(g, filter_shape) for g in range(group.order)]
     pair = _check_group_pair(group, cov, batch_ndim)
+    if block is not None:
+        if pair != (1, 1):
+            raise ConfigError(f"one relative block has group axes (1, 1), got {pair}.")
+        return _cov_conv(cov[..., 0, 0], _taps(group, filter_shape, block), offs[0],
+                         filter_shape, padding, batch_ndim)[..., None, None]
     if pair[1] == 1:
         out = [_cov_conv(cov[..., r, 0], offs[r], offs[0], filter_shape, padding, batch_ndim)
                for r in range(pair[0])]
@@ -160,6 +199,16 @@ def _conv(x, w, padding, filter_shape):
         padding = "VALID"
     return lax.conv_general_dilated(x, w, (1, 1), padding,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _lifting_fan_in(input_shape, filter_shape):
+    """Inputs each LiftingConv output sums over: C·kh·kw."""
+    return input_shape[-1] * filter_shape[0] * filter_shape[1]
+
+
+def _group_conv_fan_in(input_shape, filter_shape, order):
+    """Inputs each GroupConv output sums over: |G|·C·kh·kw."""
+    return order * input_shape[-1] * filter_shape[0] * filter_shape[1]
 
 
 def _check_rank(shape, rank, layer, what):
@@ -195,7 +244,7 @@ def LiftingConv(out_chan: int,
     name = "LiftingConv"
 
     def fan_in_of(input_shape):
-        return input_shape[-1] * filter_shape[0] * filter_shape[1]
+        return _lifting_fan_in(input_shape, filter_shape)
 
     def init_fn(rng, input_shape):
         _check_rank(input_shape, 4, name, "images (N, H, W, C)")
@@ -219,18 +268,28 @@ def LiftingConv(out_chan: int,
 
     @requires_full_covariance
     def kernel_fn(k, **kwargs):
-        if len(k.shape1) != 4:
-            raise ConfigError(f"{name} expects images (N, H, W, C) as input, got shape {k.shape1}.")
-        group.check_square(k.shape1[1], k.shape1[2], f"{name} inputs")
-
-        def propagate(cov, batch_ndim, is_self_cov):
-            blocks = 1 if is_self_cov else group.order
-            return _lift_cov(cov, group, filter_shape, padding, covariance, batch_ndim, blocks)
-
-        return affine_kernel_fn(k, propagate, W_std, b_std, parameterization,
-                                fan_in_of(k.shape1))
+        return _lifting_kernel(k, group, filter_shape, padding, W_std, b_std, parameterization,
+                               covariance)
 
     return init_fn, apply_fn, kernel_fn
+
+
+def _lifting_kernel(k, group, filter_shape, padding, W_std, b_std, parameterization, covariance,
+                    block=None):
+    """LiftingConv's map of the `nt.Kernel` of images `k`; `block` as in `_lift_cov`."""
+    name = "LiftingConv"
+    if len(k.shape1) != 4:
+        raise ConfigError(f"{name} expects images (N, H, W, C) as input, got shape {k.shape1}.")
+    group.check_square(k.shape1[1], k.shape1[2], f"{name} inputs")
+
+    def propagate(cov, batch_ndim, is_self_cov):
+        if is_self_cov:  # block e (relative form) or everything (full form)
+            return _lift_cov(cov, group, filter_shape, padding, covariance, batch_ndim,
+                             0 if covariance == "relative" else None)
+        return _lift_cov(cov, group, filter_shape, padding, covariance, batch_ndim, block)
+
+    return affine_kernel_fn(k, propagate, W_std, b_std, parameterization,
+                            _lifting_fan_in(k.shape1, filter_shape))
 
 
 @recorded_layer
@@ -253,7 +312,7 @@ def GroupConv(out_chan: int,
     n = group.order
 
     def fan_in_of(input_shape):
-        return n * input_shape[-1] * filter_shape[0] * filter_shape[1]
+        return _group_conv_fan_in(input_shape, filter_shape, n)
 
     def check_input(shape):
         _check_rank(shape, 5, name, f"group feature maps (N, H, W, {n}, C)")
@@ -286,17 +345,64 @@ def GroupConv(out_chan: int,
 
     @requires_full_covariance
     def kernel_fn(k, **kwargs):
-        if len(k.shape1) != 5 or k.shape1[3] != n:
-            raise ConfigError(f"{name} expects group feature maps (N, H, W, {n}, C) of group "
-                              f"{group.name!r} as input, got shape {k.shape1}.")
-
-        def propagate(cov, batch_ndim, is_self_cov):
-            return _group_conv_cov(cov, group, filter_shape, padding, batch_ndim)
-
-        return affine_kernel_fn(k, propagate, W_std, b_std, parameterization,
-                                fan_in_of(k.shape1))
+        return _group_conv_kernel(k, group, filter_shape, padding, W_std, b_std, parameterization)
 
     return init_fn, apply_fn, kernel_fn
+
+
+def _group_conv_kernel(k, group, filter_shape, padding, W_std, b_std, parameterization,
+                       block=None):
+    """GroupConv's map of the `nt.Kernel` of group feature maps `k` (`block`: `_group_conv_cov`)."""
+    name, n = "GroupConv", group.order
+    if len(k.shape1) != 5 or k.shape1[3] != n:
+        raise ConfigError(f"{name} expects group feature maps (N, H, W, {n}, C) of group "
+                          f"{group.name!r} as input, got shape {k.shape1}.")
+
+    def propagate(cov, batch_ndim, is_self_cov):
+        return _group_conv_cov(cov, group, filter_shape, padding, batch_ndim,
+                               None if is_self_cov else block)
+
+    return affine_kernel_fn(k, propagate, W_std, b_std, parameterization,
+                            _group_conv_fan_in(k.shape1, filter_shape, n))
+
+
+def block_kernel_fn(layer):
+    """`kernel_fn(k, r)`: a LiftingConv's (relative form) or GroupConv's kernel map on block D_r.
+
+    The recursion maps each relative block to itself, so a stack LiftingConv ->
+    (GroupConv | pointwise layer)* can run one block at a time and give the blocks of
+    the general recursion, value for value (`raygram.kernels.serial` does, to hold one
+    block instead of |G|).
+
+    Args:
+      layer: a `LiftingConv` (with covariance="relative") or `GroupConv` triple.
+
+    Returns:
+      `kernel_fn(k, r)`. `k`: the `nt.Kernel` that enters the layer, nngp/ntk holding
+      the block D_r alone (group axes (1, 1); for a LiftingConv, the kernel of the images)
+      and cov1/cov2 their block e, as in the relative form; `r`: the group element's
+      index, an int or a traced integer (a loop index). Returns the output `nt.Kernel`
+      in the same layout: nngp/ntk the block D'_r, cov1/cov2 their block e.
+    """
+    name, args = recorded_call(layer)
+    if name not in ("LiftingConv", "GroupConv") or args.get("covariance") == "full":
+        raise ConfigError(f"block_kernel_fn takes a LiftingConv (covariance='relative') or a "
+                          f"GroupConv, got {name or layer[2].__name__}.")
+    group, filter_shape, padding = _check_layer_args(
+        args["out_chan"], args["filter_shape"], args["group"], args["padding"],
+        args["parameterization"], args.get("covariance", "relative"))
+    common = (group, filter_shape, padding, args["W_std"], args["b_std"], args["parameterization"])
+
+    def kernel_fn(k, r):
+        if name == "LiftingConv":
+            out = _lifting_kernel(k, *common, "relative", block=r)
+        else:
+            out = _group_conv_kernel(k, *common, block=r)
+        ho, wo = _output_hw(k.shape1, filter_shape, padding, name)
+        return out.replace(shape1=(k.shape1[0], ho, wo, group.order, args["out_chan"]),
+                           shape2=(k.shape2[0], ho, wo, group.order, args["out_chan"]))
+
+    return kernel_fn
 
 
 @recorded_layer

@@ -1,6 +1,6 @@
 """The Gram store: one zarr v3 group per build, tiles written straight from the workers.
 
-Layout (chunks = tiles, no sharding, `write_empty_chunks` on):
+Layout (chunks = tiles, no sharding, `write_empty_chunks` on, no compressor):
 
     <store>/zarr.json                    attrs["raygram"]: fingerprint + tile plan (driver only)
     <store>/<kind>/<block>               kernel values, kind in {nngp, ntk}, fill NaN;
@@ -12,6 +12,12 @@ Layout (chunks = tiles, no sharding, `write_empty_chunks` on):
 A tile is written iff its chunk of ``tiles/<block>`` exists: a worker writes the kernel
 chunks first and the checksum chunk last, so a tile cut off mid-write counts as missing.
 
+Kernel values are stored uncompressed: floating-point kernel values barely compress,
+while compressing and decompressing them costs more CPU time per byte than a local disk
+takes to write or read it, on the workers' write path and on every pass a solver makes
+(measured in docs/benchmarks.md, "Scale"). Stores written with a compressor (by earlier
+versions) read as before: zarr reads each array's codecs from its metadata.
+
 Every read of kernel values is verified (`VerifiedBlock`, which `gram`, `to_dask`,
 `SymmetricGram` and the solver's `GramSource` read through): each written tile a read
 touches is read whole and checked against its stored CRC-32, and for finite values (a
@@ -21,9 +27,9 @@ every store already holds rather than zarr's own checksum codec (`Crc32cCodec`) 
 stores, because only the per-tile CRC (a) covers every store ever written, old ones
 included, with one code path; (b) catches a deleted value chunk, which zarr reads as
 its fill value without consulting any codec; (c) names the tile: a codec error does not
-say which chunk failed. A partial slice costs no extra I/O for it: zarr reads and
-decodes whole chunks (= tiles) anyway; the check adds one CRC-32 pass over each tile
-read (cheaper than decoding it) and the checksums of the block, read once per view.
+say which chunk failed. A partial slice costs no extra I/O for it: zarr reads whole
+chunks (= tiles) anyway; the check adds one CRC-32 pass over each tile read and the
+checksums of the block, read once per view.
 Unwritten tiles (only readable with ``require_complete=False``) read as NaN.
 
 `RAYGRAM_UNVERIFIED_READS=1` in the environment when a view is made turns the check
@@ -58,6 +64,7 @@ LOCK_KEY = "raygram.lock"
 FORMAT = 1
 UNVERIFIED_READS_ENV = "RAYGRAM_UNVERIFIED_READS"
 _WRITE_CONFIG = {"write_empty_chunks": True}
+VERIFY_READ_BYTES = 256 * 2**20  # values of one kind that one `verify` task reads at a time
 # What zarr raises for metadata it cannot read: bad JSON, missing or mistyped fields, the
 # wrong node type, an absent node, an unreadable file.
 _METADATA_ERRORS = (ValueError, TypeError, LookupError, AttributeError, OSError)
@@ -144,6 +151,22 @@ def open_backend(url: str, storage_options: dict | None = None, read_only: bool 
 def checksum(values: np.ndarray) -> int:
     """CRC-32 of a tile's values as stored (C order, store dtype)."""
     return zlib.crc32(memoryview(np.ascontiguousarray(values)).cast("B"))
+
+
+def _local_keys(root: Path, prefix: str) -> list[str]:
+    """Keys (paths relative to `root`, "/"-separated) of the files below the folder `prefix`."""
+    keys, folders = [], [prefix.rstrip("/")]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = os.scandir(root / folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                key = f"{folder}/{entry.name}"
+                (folders if entry.is_dir(follow_symlinks=False) else keys).append(key)
+    return keys
 
 
 def corrupt_tile(url: str, tile: Tile, problem: str) -> CorruptTile:
@@ -242,9 +265,16 @@ class GramStore:
         return not self._absent_folder() and sync(self.backend.exists(key))
 
     def list_keys(self, prefix: str) -> list[str]:
-        """Every key below `prefix` (e.g. "tiles/train_train/c/")."""
+        """Every key below `prefix` (e.g. "tiles/train_train/c/").
+
+        A local store is listed with `os.scandir` directly (zarr's asynchronous listing of
+        a local folder costs several times more per key, which shows when a build resumes
+        a store of 10⁵ tiles); an object store with its own paginated LIST, through zarr.
+        """
         if self._absent_folder():
             return []
+        if isinstance(self.backend, LocalStore) and prefix.endswith("/"):
+            return _local_keys(self.backend.root, prefix)
 
         async def collect():
             return [k async for k in self.backend.list_prefix(prefix)]
@@ -348,7 +378,7 @@ class GramStore:
             chunks = (t,) * len(shape)
             for kind in kinds:
                 group.create_array(f"{kind}/{block}", shape=shape, chunks=chunks, dtype=dtype,
-                                   fill_value=np.nan, config=_WRITE_CONFIG,
+                                   fill_value=np.nan, config=_WRITE_CONFIG, compressors=None,
                                    dimension_names=_dimension_names(block))
             grid = plan.block_grid(block)
             group.create_array(f"tiles/{block}", shape=grid + (len(kinds),),
@@ -478,6 +508,12 @@ class GramStore:
     def verify(self, tiles: Iterable[Tile] | None = None) -> dict[Tile, str]:
         """Re-read tiles and compare with their checksums: {tile: problem} for bad ones.
 
+        The tiles are read a tile row at a time (one zarr read per row and kind, as the
+        solvers read; at most `VERIFY_READ_BYTES` a read), the rows as tasks on the active
+        dask scheduler (threads by default; Ray's inside a Ray job), so `verify` runs at
+        the store's read speed, not one tile at a time in one thread. Only a row that
+        fails is re-read tile by tile, to name every bad tile in it.
+
         Args:
           tiles: the tiles to check; None: every tile of the plan.
 
@@ -487,24 +523,30 @@ class GramStore:
           whose values are stored without a checksum chunk (a write cut off, or a lost
           checksum). Unwritten tiles without values are not problems here (see `status`).
         """
+        import dask
+
         plan = self.plan
         wanted = set(plan.tiles()) if tiles is None else set(tiles)
-        problems = {}
+        problems, tasks = {}, []
         for block in plan.blocks:
             candidates = sorted(t for t in wanted if t.block == block)
             if not candidates:
                 continue
             written = self._written(block)
             listed = self._listed_problems(block, written)
+            problems.update({t: listed[t.index] for t in candidates if t.index in listed})
             sums, unreadable = self._tile_sums(block, written)
             readers = [VerifiedBlock(self, kind, block, written, sums[..., k], unreadable)
                        for k, kind in enumerate(self.kinds)]
+            tile_bytes = plan.tile_size ** 2 * np.dtype(self.fingerprint["dtype"]).itemsize
+            per_read = max(1, VERIFY_READ_BYTES // tile_bytes)
+            runs: dict[tuple[int, int], list[tuple[int, ...]]] = {}  # (tile row, part) -> tiles read together
             for tile in candidates:
-                problem = listed.get(tile.index)
-                if problem is None and tile.index in written:
-                    problem = next(filter(None, (reader.problem(tile.index) for reader in readers)), None)
-                if problem is not None:
-                    problems[tile] = problem
+                if tile.index not in listed and tile.index in written:
+                    runs.setdefault((tile.index[0], tile.index[-1] // per_read), []).append(tile.index)
+            tasks += [dask.delayed(_verify_row)(readers, block, indices) for indices in runs.values()]
+        for found in dask.compute(*tasks):
+            problems.update(found)
         return problems
 
     def status(self) -> dict[str, Any]:
@@ -725,6 +767,26 @@ class VerifiedBlock:
         except Exception as e:  # a chunk that does not decode, whatever the codec raises
             return f"{self.kind} chunk unreadable ({_one_line(e)})"
         return self._check(index, values)
+
+
+def _verify_row(readers: list[VerifiedBlock], block: str, indices: list[tuple[int, ...]]) -> dict[Tile, str]:
+    """{tile: problem} of the written tiles `indices` (all in one tile row, at most
+    `VERIFY_READ_BYTES` of values a kind) of one block.
+
+    Each kind's tiles are read in one zarr read from the first to the last and checked
+    (`VerifiedBlock`); only if that fails is each tile read alone, to name every bad one.
+    """
+    first, last = min(indices), max(indices)
+    found = {}
+    for reader in readers:
+        try:
+            reader._read(list(first), [i + 1 for i in last])
+        except Exception:  # a bad tile in the row (CorruptTile, or a chunk that does not decode): find each
+            for index in indices:
+                problem = reader.problem(index)
+                if problem is not None and Tile(block, *index) not in found:
+                    found[Tile(block, *index)] = problem
+    return found
 
 
 def _dimension_names(block: str) -> tuple[str, ...]:

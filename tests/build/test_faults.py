@@ -67,7 +67,12 @@ def test_driver_killed_mid_build_resumes_bit_identically(ray_address, tmp_path):
     driver.wait()
     log.seek(0)
     dispatched = set(re.findall(r"dispatch (\S+) to worker", log.read()))
-    assert store.verify() == {}  # what was written before the kill is intact
+    # What was written before the kill is intact. Workers outlive their driver for a moment,
+    # so a tile may be caught mid-write: values without their checksum, which is not written
+    # (the resume recomputes it) and is the only problem allowed.
+    problems = store.verify()
+    assert all(p.startswith("checksum chunk missing") for p in problems.values()), problems
+    assert len(problems) <= workers * max_inflight, problems
     written = store.written_tiles()
     total = len(list(store.plan.tiles()))
     assert 4 <= len(written) < total

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from raygram._neural_tangents import stax, x64
-from raygram.kernels import GroupConv, GroupPool, LiftingConv, get_group, serial, transform_images
+from raygram.kernels import GroupConv, GroupPool, LiftingConv, general_serial, get_group, serial, transform_images
 
 ATOL = 1e-12  # float64 round-off on O(1) kernel values, same algebra in another order
 # The orbit path sums in another order through arc-cosine kernels, which lose half their
@@ -159,3 +159,38 @@ def test_serial_composes_inside_stax_and_under_jit(xs):
     par = stax.serial(stax.FanOut(2), stax.parallel(stax.serial(*layers), stax.serial(*layers)),
                       stax.FanInSum())
     assert_close(par[2](x1, x2, "nngp"), 2 * stax.serial(*layers)[2](x1, x2, "nngp"))
+
+
+@pytest.mark.parametrize("group,padding", [("C4", "SAME"), ("D4", "VALID"), ("D4", "CIRCULAR")])
+def test_general_serial_gives_the_group_recursion_one_block_at_a_time(xs, group, padding):
+    """general_serial runs the relative blocks one at a time: stax.serial's values to round-off."""
+    x1, x2 = xs
+    linear = body(group, padding) + [GroupPool(), stax.Dense(1, W_std=0.9, b_std=0.1)]
+    got_fn, want_fn = general_serial(*linear)[2], stax.serial(*linear)[2]
+    for b in (x2, None):
+        got, want = got_fn(x1, b, ("nngp", "ntk")), want_fn(x1, b, ("nngp", "ntk"))
+        assert_close(got.nngp, want.nngp, atol=0, rtol=1e-13)
+        assert_close(got.ntk, want.ntk, atol=0, rtol=1e-13)
+        assert_close(got_fn(x1, b, "nngp"), want.nngp, atol=0, rtol=1e-13)
+    # a nonlinear head reads the pooled self-variances: the full form has them all
+    head = [stax.Dense(3, b_std=0.1), stax.Relu(), stax.Dense(1, W_std=0.9, b_std=0.1)]
+    got = general_serial(*body(group, padding), GroupPool(), *head)[2](x1, x2)
+    want = stax.serial(*body(group, padding, "full"), GroupPool(), *head)[2](x1, x2)
+    for name in ("nngp", "ntk", "cov1", "cov2"):
+        assert_close(getattr(got, name), getattr(want, name))
+
+
+def test_general_serial_holds_one_relative_block():
+    """XLA's peak memory of the D4 recursion: one block at a time is several times below |G|."""
+    x = jax.ShapeDtypeStruct((2, 9, 9, 1), jnp.float64)
+
+    def peak(kernel_fn):
+        compiled = jax.jit(lambda a, b: kernel_fn(a, b, ("nngp", "ntk"))).lower(x, x).compile()
+        mem = compiled.memory_analysis()
+        if mem is None:
+            pytest.skip("this backend has no memory analysis")
+        return mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+
+    layers = body("D4") + [GroupPool(), stax.Dense(1)]
+    with x64(True):
+        assert peak(stax.serial(*layers)[2]) > 3 * peak(general_serial(*layers)[2])

@@ -5,6 +5,7 @@ import pytest
 
 from raygram._neural_tangents import stax
 from raygram.kernels import GroupConv, GroupPool, LiftingConv, get_group, transform_images
+from raygram.kernels.planar import block_kernel_fn
 
 X = jnp.ones((2, 5, 5, 3))
 
@@ -92,3 +93,10 @@ def test_non_square_images_under_rotations():
 def test_valid_filter_larger_than_input():
     with pytest.raises(ValueError, match=r"filter_shape \(7, 7\) is larger than the input"):
         LiftingConv(4, (7, 7), padding="VALID")[0](jax.random.PRNGKey(0), X.shape)
+
+
+@pytest.mark.parametrize("layer", [LiftingConv(4, (3, 3), covariance="full"), GroupPool(),
+                                   stax.Relu()])
+def test_block_kernel_fn_takes_relative_group_layers_only(layer):
+    with pytest.raises(ValueError, match=r"takes a LiftingConv \(covariance='relative'\) or a"):
+        block_kernel_fn(layer)

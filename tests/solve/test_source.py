@@ -175,9 +175,9 @@ def damage(root, tile, how):
     chunk = root.joinpath("ntk", tile.block, "c", *map(str, tile.index))
     if how == "deleted data chunk":
         chunk.unlink()
-    elif how == "flipped byte":
-        data = bytearray(chunk.read_bytes())
-        data[len(data) // 2] ^= 0xFF
+    elif how == "flipped byte":  # a byte of the tile's first value: an edge tile's chunk also holds
+        data = bytearray(chunk.read_bytes())  # bytes outside the array, which no read uses
+        data[3] ^= 0xFF
         chunk.write_bytes(bytes(data))
     else:  # deleted checksum chunk
         root.joinpath("tiles", tile.block, "c", *map(str, tile.index), "0").unlink()

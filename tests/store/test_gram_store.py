@@ -192,6 +192,55 @@ def test_verify_finds_a_flipped_byte_and_a_missing_chunk(tmp_path):
     assert GramStore(root).verify() == {}
 
 
+def test_verify_names_every_bad_tile_of_a_row_and_only_those(tmp_path):
+    # verify reads a tile row at a time; a row with bad tiles is re-read tile by tile.
+    root = tmp_path / "g"
+    store = make_store(root, n=16, m=0, t=4)  # train grid 4 x 4
+    for tile in store.plan.tiles():
+        store.write_tile(tile, tile_values(store, tile))
+    flipped, lost = Tile("train_train", 1, 1), Tile("train_train", 1, 3)
+    path = chunk_file(root, "nngp", flipped)
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0x10
+    path.write_bytes(bytes(data))
+    chunk_file(root, "ntk", lost).unlink()
+    problems = GramStore(root, read_only=True).verify()
+    assert problems == {flipped: "nngp chunk checksum mismatch", lost: "ntk chunk missing"}
+    # A subset of the row is checked as asked, whatever its neighbours hold.
+    assert GramStore(root).verify([Tile("train_train", 1, 2)]) == {}
+    assert GramStore(root).verify([Tile("train_train", 1, 2), lost]) == {lost: "ntk chunk missing"}
+
+
+def test_values_are_stored_uncompressed_and_compressed_stores_still_read(tmp_path):
+    store = make_store(tmp_path / "new")
+    codecs = store.array("ntk", "train_train").metadata.codecs
+    assert [type(c).__name__ for c in codecs] == ["BytesCodec"]
+    # A store whose value arrays were written with zarr's default zstd (earlier raygram
+    # versions) reads, verifies and catches damage as a new one does.
+    root = tmp_path / "old"
+    old = make_store(root)
+    group = zarr.open_group(str(root), mode="r+")
+    for kind in old.kinds:
+        for block in old.plan.blocks:
+            array = group[f"{kind}/{block}"]
+            group.create_array(f"{kind}/{block}", shape=array.shape, chunks=array.chunks, dtype=array.dtype,
+                               fill_value=np.nan, compressors=zarr.codecs.ZstdCodec(),
+                               dimension_names=array.metadata.dimension_names, overwrite=True)
+    old = GramStore(root)
+    expected = {}
+    for tile in old.plan.tiles():
+        expected[tile] = tile_values(old, tile)
+        old.write_tile(tile, expected[tile])
+    assert [type(c).__name__ for c in old.array("ntk", "train_train").metadata.codecs] == ["BytesCodec", "ZstdCodec"]
+    reopened = GramStore(root, read_only=True)
+    assert reopened.verify() == {}
+    tile = Tile("train_train", 0, 1)
+    region = reopened.plan.region(tile)
+    np.testing.assert_array_equal(reopened.reader("ntk")[region], expected[tile]["ntk"])
+    chunk_file(root, "ntk", tile).unlink()
+    assert GramStore(root, read_only=True).verify() == {tile: "ntk chunk missing"}
+
+
 def test_status_counts_tiles_and_entries_per_block(tmp_path):
     store = make_store(tmp_path / "g")
     status = store.status()
