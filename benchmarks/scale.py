@@ -270,7 +270,7 @@ def codec_costs(n: int = 4000, tile: int = 512) -> None:
         values = store.gram("ntk").dense()
         tiles = n // tile
         values = np.ascontiguousarray(values[:tiles * tile, :tiles * tile])  # whole tiles only
-        print(f"zarr arrays in memory, {values.shape[0] // tile}^2 NTK tiles of {tile}x{tile} (N = {n}), "
+        print(f"zarr arrays in memory, {tiles}^2 NTK tiles of {tile}x{tile} (N = {n}), "
               "CPU seconds of writing and reading them all (fastest of 3):")
         for name, compressors in (("zstd (zarr's default)", "auto"), ("none (raygram's)", None)):
             costs = []

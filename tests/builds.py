@@ -1,8 +1,10 @@
-"""Helpers shared by the Gram-build tests: architectures, data, references, store snapshots."""
+"""Helpers shared by the tests: architectures, data, references, store snapshots, stopping processes."""
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
 
 import numpy as np
 
@@ -49,3 +51,18 @@ def snapshot(path) -> dict[str, str]:
             with open(full, "rb") as f:
                 out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 120) -> None:
+    """SIGTERM the process group a test started (``start_new_session=True``), SIGKILL it after `timeout` s.
+
+    Only that group is signalled: other clusters and servers on the machine are left alone.
+    """
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -28,6 +28,7 @@ import numpy as np
 import psutil
 import pytest
 
+from builds import stop_process_group
 from raygram._neural_tangents import stax
 from raygram.store.gram_store import GramStore
 
@@ -213,15 +214,7 @@ class Cluster:
 
     def stop(self, name: str) -> None:
         """Stop one worker node this test started: SIGTERM to its own `ray start --block` process group only."""
-        process = self.nodes.pop(name)
-        if process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(self.nodes.pop(name))
 
     def stop_all(self) -> None:
         for name in list(self.nodes):
@@ -229,12 +222,7 @@ class Cluster:
 
     def close(self) -> None:
         self.stop_all()
-        os.killpg(self.head.pid, signal.SIGTERM)
-        try:
-            self.head.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.head.pid, signal.SIGKILL)
-            self.head.wait()
+        stop_process_group(self.head)
 
 
 @pytest.fixture(scope="module")

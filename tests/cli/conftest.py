@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import tempfile
 import time
 
 import pytest
+
+from builds import stop_process_group
 
 BIN = pathlib.Path(sys.executable).parent
 BUCKET = "grams"
@@ -94,5 +95,4 @@ def ray_head(cwd, num_cpus: int = 1, dashboard_port: int | None = None):
         assert head.poll() is None, "ray start --head exited"
         yield f"127.0.0.1:{port}"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=120)
+        stop_process_group(head)

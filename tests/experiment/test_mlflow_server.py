@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.server
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import urllib.request
 
 import pytest
 import yaml
+
+from builds import stop_process_group
 
 BIN = pathlib.Path(sys.executable).parent
 START_TIMEOUT_S = 180  # migrations on a loaded 2-core machine
@@ -78,12 +79,7 @@ def mlflow_server(tmp_path_factory):
             pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-3000:]}")
         yield port
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=60)
         log.close()
 
 
