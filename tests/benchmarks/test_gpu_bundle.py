@@ -94,8 +94,10 @@ def test_quick_run_from_the_bundle_with_only_jax(bundle, jax_only):
     for (model, dtype), (_, _, tile, seconds, mib, source, gflop, share) in table.items():
         assert tile == "2" and float(seconds) > 0 and float(mib) >= 0 and source == "xla"
         assert float(gflop.removeprefix(">=")) > 0 and share == "n/a"  # no peak FLOP rate on CPU
-    # Each entry is NNGP and NTK of one pair: an 8-element D4 recursion costs more than a CNN's.
-    assert float(table["D4-general", "float64"][6]) > float(table["CNN-GAP", "float64"][6])
+    # Each entry is NNGP and NTK of one pair: an 8-element D4 recursion costs more than a CNN's,
+    # even counted as a lower bound (">=": XLA counts the body of its block loop once).
+    gflop = {model: float(table[model, "float64"][6].removeprefix(">=")) for model in ("D4-general", "CNN-GAP")}
+    assert gflop["D4-general"] > gflop["CNN-GAP"], out.stdout
     assert "scheduler: skipped (No module named 'ray')" in out.stdout
 
 
