@@ -50,7 +50,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
@@ -670,6 +672,13 @@ class VerifiedBlock:
     tile. Unwritten tiles (and train_train's unstored tiles below the diagonal) read as
     NaN unchecked. Picklable (dask and Ray tasks take it).
 
+    A local store's chunks, which hold the values as they are (zarr's `bytes` codec
+    alone, as `GramStore.create` writes them), are read straight from their files: each
+    tile is checked in the buffer it was read into, then copied once into the result.
+    zarr's synchronous reads all pass through its one event-loop thread, which kept the
+    solvers' concurrent tile-row reads to about one core (docs/benchmarks.md, "Scale").
+    Any other layout or store (object stores) is read through zarr.
+
     Args:
       store: the `GramStore`.
       kind: "nngp" or "ntk".
@@ -693,6 +702,10 @@ class VerifiedBlock:
         self.ndim = len(self.shape)
         self.written = frozenset(written)
         self.sums = sums
+        metadata = self.values.metadata
+        plain = (isinstance(store.backend, LocalStore) and metadata.codecs == (BytesCodec(endian="little"),)
+                 and metadata.chunk_key_encoding == DefaultChunkKeyEncoding(separator="/"))
+        self.files = store.backend.root / kind / block / "c" if plain else None  # the chunk files, if plain
 
     def __repr__(self):
         return f"VerifiedBlock({self.store.url!r}, {self.kind!r}, {self.block!r}, shape={self.shape})"
@@ -713,6 +726,8 @@ class VerifiedBlock:
         """Tiles [first, last) of the grid in one zarr read, every written one checked."""
         t = self.chunks[0]
         cover = tuple(slice(f * t, min(stop * t, n)) for f, stop, n in zip(first, last, self.shape))
+        if self.files is not None:
+            return self._read_files(first, last, cover)
         tiles = [index for index in itertools.product(*map(range, first, last)) if index in self.written]
         try:
             data = np.asarray(self.values[cover])
@@ -728,6 +743,33 @@ class VerifiedBlock:
             problem = self._check(index, data[within])
             if problem is not None:
                 raise corrupt_tile(self.store.url, Tile(self.block, *index), problem)
+        return data
+
+    def _read_files(self, first: list[int], last: list[int], cover: tuple[slice, ...]) -> np.ndarray:
+        """`_read` of a local store's plain chunk files: each tile read into its own buffer and
+        checked there (no copy for a whole tile), then copied into the result."""
+        t, fill = self.chunks[0], self.values.metadata.fill_value
+        data = np.empty(tuple(s.stop - s.start for s in cover), self.dtype)
+        stored, size = np.dtype(self.dtype).newbyteorder("<"), t ** self.ndim
+        for index in itertools.product(*map(range, first, last)):
+            within = tuple(slice((i - f) * t, min((i + 1) * t, n) - f * t)
+                           for i, f, n in zip(index, first, self.shape))
+            try:
+                raw = np.fromfile(self.files.joinpath(*map(str, index)), stored)
+            except FileNotFoundError:  # as zarr reads an absent chunk; a written tile's is missing (_check)
+                values = np.full(tuple(s.stop - s.start for s in within), fill, self.dtype)
+            except OSError as e:
+                problem = f"{self.kind} chunk unreadable ({_one_line(e)})"
+                raise corrupt_tile(self.store.url, Tile(self.block, *index), problem) from None
+            else:
+                if raw.size != size:
+                    problem = f"{self.kind} chunk unreadable ({raw.nbytes} bytes, not {size * stored.itemsize})"
+                    raise corrupt_tile(self.store.url, Tile(self.block, *index), problem)
+                values = raw.reshape((t,) * self.ndim)[tuple(slice(0, s.stop - s.start) for s in within)]
+            problem = self._check(index, values) if index in self.written else None
+            if problem is not None:
+                raise corrupt_tile(self.store.url, Tile(self.block, *index), problem)
+            data[within] = values
         return data
 
     def _check(self, index: tuple[int, ...], values: np.ndarray) -> str | None:

@@ -1,4 +1,5 @@
 """GramStore on a local folder: creation, fingerprint, tile bookkeeping, checksums, verify, status."""
+import copy
 import json
 import pickle
 import re
@@ -305,6 +306,11 @@ def flip_byte(root, tile, kind="ntk"):
     path.write_bytes(bytes(data))
 
 
+def truncate(root, tile, kind="ntk"):
+    path = chunk_file(root, kind, tile)
+    path.write_bytes(path.read_bytes()[:-8])
+
+
 def swap_values(root, tile, kind="ntk"):
     """A valid chunk with other values: tile (0, 0)'s bytes in `tile` (decodes, fails only the checksum)."""
     chunk_file(root, kind, tile).write_bytes(chunk_file(root, kind, Tile(tile.block, 0, 0)).read_bytes())
@@ -316,6 +322,7 @@ def delete_checksum(root, tile, kind=None):
 
 DAMAGE = {"deleted data chunk": (delete_values, r"ntk chunk missing"),
           "flipped byte": (flip_byte, r"ntk chunk (checksum mismatch|unreadable)"),
+          "truncated chunk": (truncate, r"ntk chunk unreadable"),
           "other values": (swap_values, r"ntk chunk checksum mismatch"),
           "deleted checksum chunk": (delete_checksum, r"checksum chunk missing")}
 READS = {"train slice": lambda s: s.gram("ntk")[2:7, 0:10],
@@ -376,6 +383,28 @@ def test_reads_agree_with_the_raw_arrays_and_touch_only_what_they_need(tmp_path)
     np.testing.assert_array_equal(test_view[:, 0:8], raw["test_train"][:, 0:8])
     with pytest.raises(CorruptTile):
         test_view[:, 7:9]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_local_reads_take_the_chunk_files_and_equal_zarrs_reads(tmp_path, dtype):
+    """A local store's verified reads come straight from its chunk files (`VerifiedBlock.files`);
+    they equal the same reads through zarr, NaN (zarr's fill value) where a tile is unwritten."""
+    root = tmp_path / "g"
+    store = make_store(root, dtype=dtype)
+    unwritten = {Tile("train_train", 0, 1), Tile("train_train", 2, 2), Tile("test_train", 0, 0)}
+    for tile in set(store.plan.tiles()) - unwritten:
+        store.write_tile(tile, tile_values(store, tile))
+    for block in store.plan.blocks:
+        direct = store.reader("nngp", block, require_complete=False)
+        assert direct.files == root / "nngp" / block / "c"
+        through_zarr = copy.copy(direct)
+        through_zarr.files = None
+        keys = [np.s_[...], np.s_[1:3], np.s_[-1]] + ([np.s_[3:9, 2:10], np.s_[:, 9]] if direct.ndim == 2 else [])
+        for key in keys:
+            np.testing.assert_array_equal(direct[key], through_zarr[key])
+            assert direct[key].dtype == np.dtype(dtype)
+    upper = store.reader("nngp", "train_train", require_complete=False)[...]
+    assert np.isnan(upper[0:4, 4:8]).all() and np.isnan(upper[8:, 8:]).all() and not np.isnan(upper[0:4, 0:4]).any()
 
 
 def test_non_finite_stored_values_are_refused_by_reads_and_verify(tmp_path):
