@@ -432,6 +432,15 @@ def solve_report(path: str, n: int, check: int, budget: str, tile: int) -> dict:
     print(f"\nout-of-core solves of N = {n} (NTK mean, diag_reg {DIAG_REG}, tolerance {SOLVE_TOL:.0e}), "
           f"memory_budget {budget}; "
           f"each K @ X reads one kind's upper tiles, about {upper / 1e9:.1f} GB")
+    # The comparison first (minutes), then the two long solves of every training point.
+    out_of_core = run_child(path, "cg", check, budget, CHECK_TOL)
+    in_core = run_child(path, "cholesky", check, "64GiB", CHECK_TOL)
+    a, b = np.asarray(out_of_core["mean"]), np.asarray(in_core["mean"])
+    diff = float(np.abs(a - b).max() / np.abs(b).max())
+    print(f"first {check} training points: CG out of core {out_of_core['wall_s']:.1f} s "
+          f"({out_of_core['steps']} iterations, peak {out_of_core['peak'] / 2**20:.0f} MiB) vs Cholesky in core "
+          f"{in_core['wall_s']:.1f} s (peak {in_core['peak'] / 2**20:.0f} MiB): max rel. diff {diff:.1e} "
+          f"(CG tolerance {CHECK_TOL:.0e}) (goal <= 1e-8)", flush=True)
     print(f"{'solve':>30s} {'steps':>6s} {'wall s':>8s} {'s/step':>7s} {'GB read/step':>12s} {'peak MiB':>9s} "
           f"{'<= budget':>9s}")
     results = {}
@@ -440,15 +449,6 @@ def solve_report(path: str, n: int, check: int, budget: str, tile: int) -> dict:
         print(f"{label:>30s} {r['steps']:6d} {r['wall_s']:8.1f} {r['wall_s'] / max(1, r['steps']):7.2f} "
               f"{r['read_bytes'] / max(1, r['steps']) / 1e9:12.2f} {r['peak'] / 2**20:9.0f} "
               f"{str(r['peak'] <= limit):>9s}", flush=True)
-    out_of_core = run_child(path, "cg", check, budget, CHECK_TOL)
-    in_core = run_child(path, "cholesky", check, "64GiB", CHECK_TOL)
-    a, b = np.asarray(out_of_core["mean"]), np.asarray(in_core["mean"])
-    diff = float(np.abs(a - b).max() / np.abs(b).max())
-    print(f"first {check} training points: CG out of core {out_of_core['wall_s']:.1f} s "
-          f"({out_of_core['steps']} iterations, peak {out_of_core['peak'] / 2**20:.0f} MiB) vs Cholesky in core "
-          f"{in_core['wall_s']:.1f} s (peak {in_core['peak'] / 2**20:.0f} MiB): max rel. diff {diff:.1e} "
-          f"(CG tolerance {CHECK_TOL:.0e}) "
-          f"(goal <= 1e-8)")
     return {"runs": [*results.values(), out_of_core], "check": diff}
 
 

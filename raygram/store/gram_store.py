@@ -43,6 +43,7 @@ import hashlib
 import itertools
 import json
 import os
+import threading
 import zlib
 from importlib import metadata
 from pathlib import Path
@@ -436,6 +437,38 @@ class GramStore:
         shape = plan.block_shape(block)
         return shape, (plan.tile_size,) * len(shape), np.dtype(self.fingerprint["dtype"])
 
+    def _chunk_files(self, path: str) -> Path | None:
+        """The folder of the chunk files of the array at `path` when they hold its values as they
+        are (a local store, zarr's `bytes` codec alone, little-endian, "/"-separated chunk keys:
+        what `create` makes), else None. Reads and writes of such chunks take the files directly;
+        any other store or layout goes through zarr."""
+        metadata = self._open_array(path).metadata
+        plain = (isinstance(self.backend, LocalStore) and metadata.codecs == (BytesCodec(endian="little"),)
+                 and metadata.chunk_key_encoding == DefaultChunkKeyEncoding(separator="/"))
+        return self.backend.root / path / "c" if plain else None
+
+    def _write_chunk(self, path: str, index: tuple[int, ...], values: np.ndarray) -> None:
+        """Store one whole chunk's values (unpadded at the edges): as a file written aside and
+        renamed into place when the chunk files are plain (`_chunk_files`; a write cut off leaves
+        no partial chunk), else through zarr."""
+        array = self._open_array(path)
+        folder = None if self.read_only else self._chunk_files(path)
+        if folder is None:
+            array[tuple(slice(i * c, i * c + n) for i, c, n in zip(index, array.chunks, values.shape))] = values
+            return
+        stored = np.dtype(array.dtype).newbyteorder("<")
+        if values.shape == array.chunks:
+            chunk = np.ascontiguousarray(values, stored)
+        else:  # an edge chunk: zarr's padding, its fill value
+            chunk = np.full(array.chunks, array.metadata.fill_value, stored)
+            chunk[tuple(map(slice, values.shape))] = values
+        target = folder.joinpath(*map(str, index))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        aside = target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}.partial")
+        with open(aside, "wb") as f:
+            f.write(memoryview(chunk).cast("B"))
+        os.replace(aside, target)
+
     def _open_array(self, path: str) -> zarr.Array:
         if path not in self._arrays:
             where = self.location(f"{path}/zarr.json")
@@ -463,9 +496,10 @@ class GramStore:
             if tile_values.shape != expected:
                 raise ValueError(f"tile {tile}: {kind} values have shape {tile_values.shape}, "
                                  f"expected {expected}")
-            self.array(kind, tile.block)[region] = tile_values
+            self._write_chunk(f"{kind}/{tile.block}", tile.index, tile_values)
             sums.append(checksum(tile_values))
-        self._checksums(tile.block)[tile.index] = np.asarray(sums, dtype="uint32")
+        self._write_chunk(f"tiles/{tile.block}", tile.index + (0,),
+                          np.asarray(sums, dtype="uint32").reshape((1,) * len(tile.index) + (-1,)))
         return sums
 
     def _chunk_indices(self, path: str, ndim: int) -> set[tuple[int, ...]]:
@@ -702,10 +736,7 @@ class VerifiedBlock:
         self.ndim = len(self.shape)
         self.written = frozenset(written)
         self.sums = sums
-        metadata = self.values.metadata
-        plain = (isinstance(store.backend, LocalStore) and metadata.codecs == (BytesCodec(endian="little"),)
-                 and metadata.chunk_key_encoding == DefaultChunkKeyEncoding(separator="/"))
-        self.files = store.backend.root / kind / block / "c" if plain else None  # the chunk files, if plain
+        self.files = store._chunk_files(f"{kind}/{block}")  # None: read through zarr
 
     def __repr__(self):
         return f"VerifiedBlock({self.store.url!r}, {self.kind!r}, {self.block!r}, shape={self.shape})"
