@@ -55,6 +55,12 @@ def _check_symmetric(kind: str, k: np.ndarray, chunk: int) -> None:
                           f"({tolerance:.3e}); a kernel's Gram is symmetric")
 
 
+def _band_rows(gram, index: np.ndarray, chunk: int) -> np.ndarray:
+    """Rows `index` (all in one tile row of `chunk` rows) of a `SymmetricGram`, shape (len(index), N)."""
+    start = int(index[0]) // chunk * chunk
+    return gram[start:min(start + chunk, gram.shape[0]), :][index - start]
+
+
 class GramSource:
     """Kernel blocks by kind. Build with `from_store` or `from_arrays`.
 
@@ -221,7 +227,8 @@ class GramSource:
         return out
 
     def rows(self, kind: str, index: np.ndarray) -> np.ndarray:
-        """Rows of K (equal to its columns K[:, index] transposed), reading each tile row once.
+        """Rows of K (equal to its columns K[:, index] transposed), reading each tile row once,
+        the tile rows as tasks on the active dask scheduler.
 
         Args:
           kind: "nngp" or "ntk".
@@ -230,15 +237,18 @@ class GramSource:
         Returns:
           K[index, :], shape (k, N).
         """
+        import dask
+
         source, index = self.train[kind], np.asarray(index, int)
         if isinstance(source, np.ndarray):
             return source[index]
         out = np.empty((len(index), self.n), self.dtype)
         bands = index // self.chunk
-        for band in np.unique(bands):  # one read per tile row: a row costs its whole tiles anyway
-            start = int(band) * self.chunk
-            pick = bands == band
-            out[pick] = source[start:min(start + self.chunk, self.n), :][index[pick] - start]
+        picks = [bands == band for band in np.unique(bands)]
+        # One read per tile row (a row costs its whole tiles anyway), the rows as dask tasks.
+        tasks = [dask.delayed(_band_rows)(source, index[pick], self.chunk) for pick in picks]
+        for pick, rows in zip(picks, dask.compute(*tasks)):
+            out[pick] = rows
         return out
 
     # -- test blocks --------------------------------------------------------------------------

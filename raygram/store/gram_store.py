@@ -18,6 +18,15 @@ takes to write or read it, on the workers' write path and on every pass a solver
 (measured in docs/benchmarks.md, "Scale"). Stores written with a compressor (by earlier
 versions) read as before: zarr reads each array's codecs from its metadata.
 
+The chunks of a local store therefore hold the values as they are, and tiles are written
+to and read from those files directly (each chunk written aside and renamed into place,
+so a write cut off leaves no partial chunk), in zarr's own layout: zarr opens and reads
+every such store unchanged. zarr-python's synchronous API passes every chunk through one
+event-loop thread, which held the workers' writes and the solvers' concurrent tile-row
+reads to about one core; the direct path costs about half the CPU time a tile did
+(docs/benchmarks.md, "Scale").
+Object stores, and arrays with any other codecs, are read and written through zarr.
+
 Every read of kernel values is verified (`VerifiedBlock`, which `gram`, `to_dask`,
 `SymmetricGram` and the solver's `GramSource` read through): each written tile a read
 touches is read whole and checked against its stored CRC-32, and for finite values (a
@@ -27,7 +36,7 @@ every store already holds rather than zarr's own checksum codec (`Crc32cCodec`) 
 stores, because only the per-tile CRC (a) covers every store ever written, old ones
 included, with one code path; (b) catches a deleted value chunk, which zarr reads as
 its fill value without consulting any codec; (c) names the tile: a codec error does not
-say which chunk failed. A partial slice costs no extra I/O for it: zarr reads whole
+say which chunk failed. A partial slice costs no extra I/O for it: reads take whole
 chunks (= tiles) anyway; the check adds one CRC-32 pass over each tile read and the
 checksums of the block, read once per view.
 Unwritten tiles (only readable with ``require_complete=False``) read as NaN.
@@ -42,6 +51,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import threading
 import zlib
@@ -154,6 +164,46 @@ def open_backend(url: str, storage_options: dict | None = None, read_only: bool 
 def checksum(values: np.ndarray) -> int:
     """CRC-32 of a tile's values as stored (C order, store dtype)."""
     return zlib.crc32(memoryview(np.ascontiguousarray(values)).cast("B"))
+
+
+# Chunk files of at least _DIRECT_MIN bytes, a multiple of _DIRECT_ALIGN, are written with
+# O_DIRECT where the file system allows it: the copy into the page cache and its write-back
+# take CPU time from the workers' kernels, and a Gram larger than memory does not stay
+# cached anyway. Smaller chunks are written the ordinary way: a direct write waits for the
+# disk, which costs a small tile more than the copy it saves.
+_DIRECT = getattr(os, "O_DIRECT", None)
+_DIRECT_ALIGN = 4096
+_DIRECT_MIN = 2**20
+_buffers = threading.local()
+
+
+def _aligned_buffer(nbytes: int) -> mmap.mmap:
+    """This thread's page-aligned buffer of `nbytes` (kept for its next chunk of that size)."""
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) != nbytes:
+        buffer = _buffers.buffer = mmap.mmap(-1, nbytes)
+    return buffer
+
+
+def _write_file(path: Path, data: memoryview, direct: bool) -> None:
+    """Write `data` as the new file `path`; with `direct`, past the page cache (O_DIRECT: `data`
+    page-aligned, its size a multiple of `_DIRECT_ALIGN`) unless the file system refuses it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if direct:
+        try:
+            descriptor = os.open(path, flags | _DIRECT, 0o666)
+        except OSError:  # EINVAL: a file system without direct I/O (tmpfs, some overlays)
+            direct = False
+        else:
+            try:
+                if os.write(descriptor, data) == len(data):
+                    return
+            except OSError:  # EINVAL after all: written the ordinary way below
+                pass
+            finally:
+                os.close(descriptor)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def _local_keys(root: Path, prefix: str) -> list[str]:
@@ -457,16 +507,17 @@ class GramStore:
             array[tuple(slice(i * c, i * c + n) for i, c, n in zip(index, array.chunks, values.shape))] = values
             return
         stored = np.dtype(array.dtype).newbyteorder("<")
-        if values.shape == array.chunks:
-            chunk = np.ascontiguousarray(values, stored)
-        else:  # an edge chunk: zarr's padding, its fill value
-            chunk = np.full(array.chunks, array.metadata.fill_value, stored)
-            chunk[tuple(map(slice, values.shape))] = values
+        nbytes = int(np.prod(array.chunks)) * stored.itemsize
+        direct = _DIRECT is not None and nbytes >= _DIRECT_MIN and nbytes % _DIRECT_ALIGN == 0
+        chunk = (np.frombuffer(_aligned_buffer(nbytes), stored, int(np.prod(array.chunks))).reshape(array.chunks)
+                 if direct else np.empty(array.chunks, stored))
+        if values.shape != array.chunks:  # an edge chunk: zarr's padding, its fill value
+            chunk.fill(array.metadata.fill_value)
+        chunk[tuple(map(slice, values.shape))] = values
         target = folder.joinpath(*map(str, index))
         target.parent.mkdir(parents=True, exist_ok=True)
         aside = target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}.partial")
-        with open(aside, "wb") as f:
-            f.write(memoryview(chunk).cast("B"))
+        _write_file(aside, memoryview(chunk).cast("B"), direct)
         os.replace(aside, target)
 
     def _open_array(self, path: str) -> zarr.Array:
@@ -544,7 +595,7 @@ class GramStore:
     def verify(self, tiles: Iterable[Tile] | None = None) -> dict[Tile, str]:
         """Re-read tiles and compare with their checksums: {tile: problem} for bad ones.
 
-        The tiles are read a tile row at a time (one zarr read per row and kind, as the
+        The tiles are read a tile row at a time (one read per row and kind, as the
         solvers read; at most `VERIFY_READ_BYTES` a read), the rows as tasks on the active
         dask scheduler (threads by default; Ray's inside a Ray job), so `verify` runs at
         the store's read speed, not one tile at a time in one thread. Only a row that
@@ -702,16 +753,11 @@ class VerifiedBlock:
 
     Made by `GramStore.reader` (and `gram`). A tile is checked against its stored CRC-32
     and for finite values; a bad one raises `CorruptTile` naming it. A read covering
-    several tiles is one zarr read (its chunks fetched concurrently), then checked tile by
-    tile. Unwritten tiles (and train_train's unstored tiles below the diagonal) read as
-    NaN unchecked. Picklable (dask and Ray tasks take it).
-
-    A local store's chunks, which hold the values as they are (zarr's `bytes` codec
-    alone, as `GramStore.create` writes them), are read straight from their files: each
-    tile is checked in the buffer it was read into, then copied once into the result.
-    zarr's synchronous reads all pass through its one event-loop thread, which kept the
-    solvers' concurrent tile-row reads to about one core (docs/benchmarks.md, "Scale").
-    Any other layout or store (object stores) is read through zarr.
+    several tiles reads each tile's chunk file and checks it in the buffer it was read
+    into (a local store, see the module docstring), or is one zarr read (its chunks
+    fetched concurrently) checked tile by tile. Unwritten tiles (and train_train's
+    unstored tiles below the diagonal) read as NaN unchecked. Picklable (dask and Ray
+    tasks take it).
 
     Args:
       store: the `GramStore`.
@@ -725,6 +771,7 @@ class VerifiedBlock:
 
     Attributes:
       shape, dtype, chunks, ndim: as the zarr array's.
+      files: the folder of the chunk files read directly, or None (read through zarr).
     """
 
     def __init__(self, store: GramStore, kind: str, block: str, written: Iterable[tuple[int, ...]],
@@ -754,7 +801,7 @@ class VerifiedBlock:
         return data[crop]
 
     def _read(self, first: list[int], last: list[int]) -> np.ndarray:
-        """Tiles [first, last) of the grid in one zarr read, every written one checked."""
+        """Tiles [first, last) of the grid in one read, every written one checked."""
         t = self.chunks[0]
         cover = tuple(slice(f * t, min(stop * t, n)) for f, stop, n in zip(first, last, self.shape))
         if self.files is not None:
@@ -846,7 +893,7 @@ def _verify_row(readers: list[VerifiedBlock], block: str, indices: list[tuple[in
     """{tile: problem} of the written tiles `indices` (all in one tile row, at most
     `VERIFY_READ_BYTES` of values a kind) of one block.
 
-    Each kind's tiles are read in one zarr read from the first to the last and checked
+    Each kind's tiles are read in one read from the first to the last and checked
     (`VerifiedBlock`); only if that fails is each tile read alone, to name every bad one.
     """
     first, last = min(indices), max(indices)

@@ -1,6 +1,7 @@
 """GramStore on a local folder: creation, fingerprint, tile bookkeeping, checksums, verify, status."""
 import copy
 import json
+import os
 import pickle
 import re
 import zlib
@@ -143,6 +144,9 @@ def test_written_tiles_and_checksums_are_recorded_with_each_tile(tmp_path):
     # Neighbouring unwritten tiles are untouched (NaN).
     assert np.isnan(reopened.array("ntk", "train_train")[0:4, 4:8]).all()
     assert reopened.verify() == {}
+    assert not list((tmp_path / "g").rglob("*.partial"))  # each chunk file renamed into place
+    with pytest.raises(Exception, match="read-only"):  # zarr's refusal: the direct path is for writable stores
+        reopened.write_tile(tiles[0], tile_values(store, tiles[0]))
 
 
 def test_write_tile_is_idempotent_and_checks_shapes(tmp_path):
@@ -405,6 +409,33 @@ def test_local_reads_take_the_chunk_files_and_equal_zarrs_reads(tmp_path, dtype)
             assert direct[key].dtype == np.dtype(dtype)
     upper = store.reader("nngp", "train_train", require_complete=False)[...]
     assert np.isnan(upper[0:4, 4:8]).all() and np.isnan(upper[8:, 8:]).all() and not np.isnan(upper[0:4, 0:4]).any()
+
+
+def test_whole_page_chunks_are_written_past_the_page_cache_and_read_back(tmp_path, monkeypatch):
+    """Value chunks of at least 1 MiB and a multiple of 4096 bytes (tile 512, float64: 2 MiB) are
+    opened with O_DIRECT (where the file system refuses it, written the ordinary way); checksum
+    chunks (8 bytes) the ordinary way. zarr reads every chunk back as written, edge padding included."""
+    opened = []
+    real_open = os.open
+
+    def recording_open(path, flags, *args, **kwargs):
+        opened.append((path, bool(flags & getattr(os, "O_DIRECT", 0))))
+        return real_open(path, flags, *args, **kwargs)
+
+    store = make_store(tmp_path / "g", n=600, m=0, t=512)
+    monkeypatch.setattr(os, "open", recording_open)
+    written = {tile: tile_values(store, tile) for tile in store.plan.tiles()}
+    for tile, values in written.items():
+        store.write_tile(tile, values)
+    monkeypatch.undo()
+    if hasattr(os, "O_DIRECT"):  # per tile: nngp and ntk values direct; the checksum chunk by open()
+        assert len(opened) == 2 * len(written) and all(direct for _, direct in opened), opened
+    for tile, values in written.items():
+        for kind in store.kinds:
+            np.testing.assert_array_equal(store.array(kind, tile.block)[store.plan.region(tile)], values[kind])
+    assert GramStore(tmp_path / "g", read_only=True).verify() == {}
+    corner = zarr.open_array(str(tmp_path / "g"), path="ntk/train_train", mode="r")[512:, 512:]
+    np.testing.assert_array_equal(corner, written[Tile("train_train", 1, 1)]["ntk"])
 
 
 def test_non_finite_stored_values_are_refused_by_reads_and_verify(tmp_path):
