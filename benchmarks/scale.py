@@ -11,7 +11,8 @@ reports per store, in one run:
   measured in this run (a cheap kernel is disk-bound: then the store's write path is what
   matters); the goal is wall <= 1.1 x bound;
 - entries/s against the same kernel's throughput in one process;
-- the driver's CPU seconds per tile (goal <= 2 ms) and the peak RSS of the driver and of
+- the driver's CPU seconds per tile (goal <= 2 ms), against a bare Ray actor call's (its
+  floor: one call and one result per tile), and the peak RSS of the driver and of
   every worker (each process's VmHWM, reset per N);
 - resuming the finished store (`build_gram` again: fingerprint, listing of its tiles;
   goal <= 10 s at 10⁵ tiles), `GramStore.verify` (every tile re-read and checked) and
@@ -98,6 +99,35 @@ def kernel_throughput(tile: int, seconds: float = 5.0) -> float:
         jax.block_until_ready(fn(x[:tile], x[tile:]))
         count += 1
     return count * tile * tile / (time.perf_counter() - start)
+
+
+def ray_call_cost(calls: int = 2000, inflight: int = 2) -> float:
+    """Driver CPU seconds of one Ray actor call as the build's driver makes them: two actors,
+    `inflight` calls queued on each, a wait for the next result and a get per call, each
+    returning a small dict. The floor under the driver's CPU per tile."""
+    import ray
+
+    @ray.remote(num_cpus=0, max_concurrency=2)
+    class Echo:
+        def run(self, tile):
+            return {"tile": tile, "pid": 0, "compute_s": 0.0, "write_s": 0.0, "idle_s": 0.0}
+
+    actors = [Echo.remote() for _ in range(2)]
+    ray.get([a.run.remote(None) for a in actors])
+    inflight_refs, sent = {}, 0
+    start = time.process_time()
+    while sent < calls or inflight_refs:
+        for index, actor in enumerate(actors):
+            while sum(1 for i in inflight_refs.values() if i == index) < inflight and sent < calls:
+                inflight_refs[actor.run.remote(sent)] = index
+                sent += 1
+        ready, _ = ray.wait(list(inflight_refs), num_returns=1)
+        ray.get(ready[0])
+        inflight_refs.pop(ready[0])
+    cost = (time.process_time() - start) / calls
+    for actor in actors:
+        ray.kill(actor)
+    return cost
 
 
 def folder_bytes(path: str) -> int:
@@ -307,9 +337,10 @@ def exponent(ns, values) -> float:
     return float(np.polyfit(np.log(ns[keep]), np.log(values[keep]), 1)[0])
 
 
-def print_builds(rows: list[dict], rate: float, disk: float, title: str) -> None:
+def print_builds(rows: list[dict], rate: float, disk: float, call: float, title: str) -> None:
     print(f"\n{title}: kernel alone {rate / 1e6:.1f} M entries/s in one process, "
-          f"disk {disk / 1e6:.0f} MB/s sequential write (both measured in this run)")
+          f"disk {disk / 1e6:.0f} MB/s sequential write, a bare Ray actor call {call * 1e3:.2f} ms of driver CPU "
+          f"(all measured in this run)")
     header = (f"{'N':>6s} {'tiles':>7s} {'build s':>8s} {'bound s':>8s} {'ratio':>6s} {'Mentr/s':>8s} "
               f"{'vs kernel':>9s} {'GB':>6s} {'MB/s':>6s} {'vs disk':>7s} {'drv ms/tile':>11s} "
               f"{'drv MiB':>8s} {'worker MiB':>12s} {'resume s':>8s} {'verify s':>8s} {'K@X s':>7s}")
@@ -374,6 +405,7 @@ def main():
     rows, many_rows = [], []
     ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="rg", dir="/tmp"))
     try:
+        call = ray_call_cost()
         if many:
             many_rows.append(measure_build(args.folder, many[0], args.test, many[1], many_rate, disk))
             print(json.dumps(many_rows[-1]), flush=True)
@@ -385,9 +417,9 @@ def main():
                 shutil.rmtree(os.path.join(args.folder, f"gram-{n}"))
     finally:
         ray.shutdown()
-    print_builds(rows, rate, disk, f"builds at tile size {args.tile_size}")
+    print_builds(rows, rate, disk, call, f"builds at tile size {args.tile_size}")
     if many:
-        print_builds(many_rows, many_rate, disk, f"a store of about 10^5 tiles (tile size {many[1]})")
+        print_builds(many_rows, many_rate, disk, call, f"a store of about 10^5 tiles (tile size {many[1]})")
     largest = os.path.join(args.folder, f"gram-{sizes[-1]}")
     solves = {}
     try:
