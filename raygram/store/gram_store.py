@@ -193,12 +193,12 @@ def _write_file(path: Path, data: memoryview, direct: bool) -> None:
         try:
             descriptor = os.open(path, flags | _DIRECT, 0o666)
         except OSError:  # EINVAL: a file system without direct I/O (tmpfs, some overlays)
-            direct = False
+            pass
         else:
             try:
                 if os.write(descriptor, data) == len(data):
                     return
-            except OSError:  # EINVAL after all: written the ordinary way below
+            except OSError:  # refused after all: written the ordinary way below
                 pass
             finally:
                 os.close(descriptor)

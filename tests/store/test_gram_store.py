@@ -1,5 +1,6 @@
 """GramStore on a local folder: creation, fingerprint, tile bookkeeping, checksums, verify, status."""
 import copy
+import errno
 import json
 import os
 import pickle
@@ -436,6 +437,28 @@ def test_whole_page_chunks_are_written_past_the_page_cache_and_read_back(tmp_pat
     assert GramStore(tmp_path / "g", read_only=True).verify() == {}
     corner = zarr.open_array(str(tmp_path / "g"), path="ntk/train_train", mode="r")[512:, 512:]
     np.testing.assert_array_equal(corner, written[Tile("train_train", 1, 1)]["ntk"])
+
+
+def test_a_file_system_refusing_direct_io_gets_ordinary_writes(tmp_path, monkeypatch):
+    """Where opening with O_DIRECT fails (tmpfs: EINVAL), the same chunk is written the ordinary way."""
+    real_open, refused = os.open, []
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & getattr(os, "O_DIRECT", 0):
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    store = make_store(tmp_path / "g", n=600, m=0, t=512)
+    tile = Tile("train_train", 0, 1)
+    values = tile_values(store, tile)
+    monkeypatch.setattr(os, "open", refusing_open)
+    store.write_tile(tile, values)
+    monkeypatch.undo()
+    assert len(refused) == (2 if hasattr(os, "O_DIRECT") else 0)
+    for kind in store.kinds:
+        np.testing.assert_array_equal(store.array(kind, "train_train")[store.plan.region(tile)], values[kind])
+    assert store.verify([tile]) == {} and not list((tmp_path / "g").rglob("*.partial"))
 
 
 def test_non_finite_stored_values_are_refused_by_reads_and_verify(tmp_path):
