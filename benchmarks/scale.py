@@ -114,16 +114,17 @@ def ray_call_cost(calls: int = 2000, inflight: int = 2) -> float:
 
     actors = [Echo.remote() for _ in range(2)]
     ray.get([a.run.remote(None) for a in actors])
-    inflight_refs, sent = {}, 0
+    refs, load, sent = {}, [0] * len(actors), 0  # ref -> actor index; calls queued per actor
     start = time.process_time()
-    while sent < calls or inflight_refs:
+    while sent < calls or refs:
         for index, actor in enumerate(actors):
-            while sum(1 for i in inflight_refs.values() if i == index) < inflight and sent < calls:
-                inflight_refs[actor.run.remote(sent)] = index
+            while load[index] < inflight and sent < calls:
+                refs[actor.run.remote(sent)] = index
+                load[index] += 1
                 sent += 1
-        ready, _ = ray.wait(list(inflight_refs), num_returns=1)
+        ready, _ = ray.wait(list(refs), num_returns=1)
         ray.get(ready[0])
-        inflight_refs.pop(ready[0])
+        load[refs.pop(ready[0])] -= 1
     cost = (time.process_time() - start) / calls
     for actor in actors:
         ray.kill(actor)

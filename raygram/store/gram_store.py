@@ -51,6 +51,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import math
 import mmap
 import os
 import threading
@@ -507,10 +508,10 @@ class GramStore:
             array[tuple(slice(i * c, i * c + n) for i, c, n in zip(index, array.chunks, values.shape))] = values
             return
         stored = np.dtype(array.dtype).newbyteorder("<")
-        nbytes = int(np.prod(array.chunks)) * stored.itemsize
+        nbytes = math.prod(array.chunks) * stored.itemsize
         direct = _DIRECT is not None and nbytes >= _DIRECT_MIN and nbytes % _DIRECT_ALIGN == 0
-        chunk = (np.frombuffer(_aligned_buffer(nbytes), stored, int(np.prod(array.chunks))).reshape(array.chunks)
-                 if direct else np.empty(array.chunks, stored))
+        chunk = (np.frombuffer(_aligned_buffer(nbytes), stored).reshape(array.chunks) if direct
+                 else np.empty(array.chunks, stored))
         if values.shape != array.chunks:  # an edge chunk: zarr's padding, its fill value
             chunk.fill(array.metadata.fill_value)
         chunk[tuple(map(slice, values.shape))] = values
@@ -804,9 +805,16 @@ class VerifiedBlock:
         """Tiles [first, last) of the grid in one read, every written one checked."""
         t = self.chunks[0]
         cover = tuple(slice(f * t, min(stop * t, n)) for f, stop, n in zip(first, last, self.shape))
-        if self.files is not None:
-            return self._read_files(first, last, cover)
-        tiles = [index for index in itertools.product(*map(range, first, last)) if index in self.written]
+        indices = list(itertools.product(*map(range, first, last)))
+        if self.files is not None:  # tile by tile, each checked in the buffer it was read into
+            data = np.empty(tuple(s.stop - s.start for s in cover), self.dtype)
+            for index in indices:
+                values, problem = self._file_tile(index)
+                if problem is not None:
+                    raise corrupt_tile(self.store.url, Tile(self.block, *index), problem)
+                data[self._within(index, first)] = values
+            return data
+        tiles = [index for index in indices if index in self.written]
         try:
             data = np.asarray(self.values[cover])
         except Exception:  # a chunk that does not decode (any codec error): name the tile if it is one
@@ -816,39 +824,34 @@ class VerifiedBlock:
                     raise corrupt_tile(self.store.url, Tile(self.block, *index), problem) from None
             raise
         for index in tiles:
-            within = tuple(slice((i - f) * t, min((i + 1) * t, n) - f * t)
-                           for i, f, n in zip(index, first, self.shape))
-            problem = self._check(index, data[within])
+            problem = self._check(index, data[self._within(index, first)])
             if problem is not None:
                 raise corrupt_tile(self.store.url, Tile(self.block, *index), problem)
         return data
 
-    def _read_files(self, first: list[int], last: list[int], cover: tuple[slice, ...]) -> np.ndarray:
-        """`_read` of a local store's plain chunk files: each tile read into its own buffer and
-        checked there (no copy for a whole tile), then copied into the result."""
-        t, fill = self.chunks[0], self.values.metadata.fill_value
-        data = np.empty(tuple(s.stop - s.start for s in cover), self.dtype)
-        stored, size = np.dtype(self.dtype).newbyteorder("<"), t ** self.ndim
-        for index in itertools.product(*map(range, first, last)):
-            within = tuple(slice((i - f) * t, min((i + 1) * t, n) - f * t)
-                           for i, f, n in zip(index, first, self.shape))
-            try:
-                raw = np.fromfile(self.files.joinpath(*map(str, index)), stored)
-            except FileNotFoundError:  # as zarr reads an absent chunk; a written tile's is missing (_check)
-                values = np.full(tuple(s.stop - s.start for s in within), fill, self.dtype)
-            except OSError as e:
-                problem = f"{self.kind} chunk unreadable ({_one_line(e)})"
-                raise corrupt_tile(self.store.url, Tile(self.block, *index), problem) from None
-            else:
-                if raw.size != size:
-                    problem = f"{self.kind} chunk unreadable ({raw.nbytes} bytes, not {size * stored.itemsize})"
-                    raise corrupt_tile(self.store.url, Tile(self.block, *index), problem)
-                values = raw.reshape((t,) * self.ndim)[tuple(slice(0, s.stop - s.start) for s in within)]
-            problem = self._check(index, values) if index in self.written else None
-            if problem is not None:
-                raise corrupt_tile(self.store.url, Tile(self.block, *index), problem)
-            data[within] = values
-        return data
+    def _within(self, index: tuple[int, ...], first: list[int]) -> tuple[slice, ...]:
+        """Where tile `index` lies in a read that starts at tile `first`."""
+        t = self.chunks[0]
+        return tuple(slice((i - f) * t, min((i + 1) * t, n) - f * t) for i, f, n in zip(index, first, self.shape))
+
+    def _file_tile(self, index: tuple[int, ...]) -> tuple[np.ndarray, str | None]:
+        """A tile's values (unpadded) from its chunk file, and what is wrong with them if it is
+        written (None: good, or unwritten). An absent chunk reads as the fill value, as in zarr."""
+        t = self.chunks[0]
+        shape = tuple(min((i + 1) * t, n) - i * t for i, n in zip(index, self.shape))
+        stored = np.dtype(self.dtype).newbyteorder("<")
+        try:
+            raw = np.fromfile(self.files.joinpath(*map(str, index)), stored)
+        except FileNotFoundError:
+            values = np.full(shape, self.values.metadata.fill_value, self.dtype)
+        except OSError as e:
+            return None, f"{self.kind} chunk unreadable ({_one_line(e)})"
+        else:
+            if raw.size != t ** self.ndim:
+                expected = t ** self.ndim * stored.itemsize
+                return None, f"{self.kind} chunk unreadable ({raw.nbytes} bytes, not {expected})"
+            values = raw.reshape((t,) * self.ndim)[tuple(map(slice, shape))]
+        return values, self._check(index, values) if index in self.written else None
 
     def _check(self, index: tuple[int, ...], values: np.ndarray) -> str | None:
         """What is wrong with a written tile's values as read, or None."""
@@ -881,6 +884,8 @@ class VerifiedBlock:
           None for a good tile, else e.g. "ntk chunk missing", "ntk chunk checksum
           mismatch", "ntk chunk unreadable (...)" or "ntk values not finite".
         """
+        if self.files is not None:
+            return self._file_tile(index)[1]
         region = self.store.plan.region(Tile(self.block, *index))
         try:
             values = np.asarray(self.values[region])

@@ -212,6 +212,9 @@ def test_verify_names_every_bad_tile_of_a_row_and_only_those(tmp_path):
     chunk_file(root, "ntk", lost).unlink()
     problems = GramStore(root, read_only=True).verify()
     assert problems == {flipped: "nngp chunk checksum mismatch", lost: "ntk chunk missing"}
+    truncated = Tile("train_train", 2, 3)  # read alone again, the file says how it is short
+    truncate(root, truncated)
+    assert GramStore(root, read_only=True).verify([truncated]) == {truncated: "ntk chunk unreadable (120 bytes, not 128)"}
     # A subset of the row is checked as asked, whatever its neighbours hold.
     assert GramStore(root).verify([Tile("train_train", 1, 2)]) == {}
     assert GramStore(root).verify([Tile("train_train", 1, 2), lost]) == {lost: "ntk chunk missing"}
